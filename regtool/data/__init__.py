@@ -1,0 +1,1 @@
+"""Datasets: on-disk layout and manifests, and the procedural category generator."""

@@ -1,0 +1,200 @@
+"""Dataset layout and manifests (DeepCPD-like).
+
+Layout of a dataset folder (paths are recorded in the manifest, these are the defaults)::
+
+    DIR/manifest.json
+    DIR/<category>/canonical/<category>_canonical.ply     the canonical mesh
+    DIR/<category>/train/<name>.ply                       training meshes
+    DIR/<category>/test/<name>.ply                        test meshes
+    DIR/<category>/test/<name>_points.ply                 evaluation point set of a test mesh
+
+Manifest (JSON)::
+
+    {"format": "regtool-dataset", "version": 1, "name": "...", "units": "m", "up_axis": "z",
+     "categories": {"bottle": {
+        "canonical": {"name": "...", "path": "bottle/canonical/...", "sha256": "..."},
+        "train": [{"name": "...", "path": "...", "sha256": "..."}, ...],
+        "test": [{"name": "...", "path": "...", "sha256": "...",
+                  "eval_points": {"path": "...", "sha256": "..."}}, ...]}}}
+
+`sha256: null` means "not pinned": the file must exist and load, its bytes are not checked
+(used by templates such as `data_manifests/deepcpd.json`).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from regtool.errors import DatasetError
+from regtool.io import sha256_file
+
+FORMAT = "regtool-dataset"
+VERSION = 1
+UNITS_TO_METRES = {"m": 1.0, "cm": 0.01, "mm": 0.001}
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    """One file of a dataset: its name, path relative to the dataset root, and sha256 (or None)."""
+
+    name: str
+    path: str
+    sha256: str | None
+
+
+@dataclass(frozen=True)
+class TestEntry:
+    """A test instance: its mesh and its evaluation point set."""
+
+    mesh: FileEntry
+    eval_points: FileEntry
+
+
+@dataclass(frozen=True)
+class CategoryEntry:
+    name: str
+    canonical: FileEntry
+    train: tuple[FileEntry, ...]
+    test: tuple[TestEntry, ...]
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """A parsed manifest. `units` is the length unit of every mesh and point file."""
+
+    name: str
+    units: str
+    up_axis: str
+    categories: dict[str, CategoryEntry]
+    extra: dict
+
+    def category(self, name: str) -> CategoryEntry:
+        """Return the category `name`; DatasetError listing the available ones otherwise."""
+        if name not in self.categories:
+            raise DatasetError(f"category '{name}' is not in the dataset "
+                               f"(available: {', '.join(self.categories) or 'none'})")
+        return self.categories[name]
+
+
+def _file_entry(data, where: str) -> FileEntry:
+    if not isinstance(data, dict):
+        raise DatasetError(f"manifest: {where} must be an object")
+    path = data.get("path")
+    if not isinstance(path, str) or not path:
+        raise DatasetError(f"manifest: {where}.path missing or not a string")
+    if Path(path).is_absolute() or ".." in Path(path).parts:
+        raise DatasetError(f"manifest: {where}.path must be relative to the dataset: {path}")
+    sha = data.get("sha256")
+    if sha is not None and (not isinstance(sha, str) or len(sha) != 64):
+        raise DatasetError(f"manifest: {where}.sha256 must be 64 hex digits or null")
+    name = data.get("name") or Path(path).stem
+    return FileEntry(str(name), path, sha)
+
+
+def parse_manifest(data: dict, source: str = "manifest") -> Manifest:
+    """Return the Manifest in `data`; DatasetError naming the first malformed field."""
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        raise DatasetError(f"{source}: not a regtool dataset manifest (format != '{FORMAT}')")
+    if data.get("version") != VERSION:
+        raise DatasetError(f"{source}: unsupported manifest version {data.get('version')!r}")
+    units = data.get("units", "m")
+    if units not in UNITS_TO_METRES:
+        raise DatasetError(f"{source}: units must be one of {', '.join(UNITS_TO_METRES)}")
+    cats = data.get("categories")
+    if not isinstance(cats, dict) or not cats:
+        raise DatasetError(f"{source}: 'categories' must be a non-empty object")
+    categories = {}
+    for cname, c in cats.items():
+        if not isinstance(c, dict):
+            raise DatasetError(f"{source}: categories.{cname} must be an object")
+        train = c.get("train")
+        test = c.get("test", [])
+        if not isinstance(train, list) or not isinstance(test, list):
+            raise DatasetError(f"{source}: categories.{cname}.train/test must be lists")
+        tests = []
+        for i, t in enumerate(test):
+            where = f"categories.{cname}.test[{i}]"
+            mesh = _file_entry(t, where)
+            if not isinstance(t.get("eval_points"), dict):
+                raise DatasetError(f"{source}: {where}.eval_points missing")
+            tests.append(TestEntry(mesh, _file_entry(t["eval_points"], f"{where}.eval_points")))
+        categories[cname] = CategoryEntry(
+            name=cname,
+            canonical=_file_entry(c.get("canonical"), f"categories.{cname}.canonical"),
+            train=tuple(_file_entry(e, f"categories.{cname}.train[{i}]")
+                        for i, e in enumerate(train)),
+            test=tuple(tests))
+    extra = {k: v for k, v in data.items()
+             if k not in ("format", "version", "name", "units", "up_axis", "categories")}
+    return Manifest(str(data.get("name", "")), units, str(data.get("up_axis", "z")), categories,
+                    extra)
+
+
+def manifest_to_dict(m: Manifest) -> dict:
+    """Return the JSON form of a manifest."""
+    def fe(e: FileEntry) -> dict:
+        return {"name": e.name, "path": e.path, "sha256": e.sha256}
+    return {"format": FORMAT, "version": VERSION, "name": m.name, "units": m.units,
+            "up_axis": m.up_axis, **m.extra,
+            "categories": {c.name: {"canonical": fe(c.canonical),
+                                    "train": [fe(e) for e in c.train],
+                                    "test": [{**fe(t.mesh), "eval_points": fe(t.eval_points)}
+                                             for t in c.test]}
+                           for c in m.categories.values()}}
+
+
+def read_manifest(path: Path) -> Manifest:
+    """Return the manifest at `path` (a file, or a dataset folder holding manifest.json)."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "manifest.json"
+    if not path.is_file():
+        raise DatasetError(f"dataset manifest not found: {path}")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise DatasetError(f"manifest {path} is not valid JSON: {exc}") from None
+    return parse_manifest(data, str(path))
+
+
+def verification_problems(root: Path, manifest: Manifest, check_hashes: bool = True,
+                          categories: list[str] | None = None) -> list[str]:
+    """Return every problem of the dataset at `root` against `manifest` (missing files, hash
+    mismatches, categories without training or test data); empty when the dataset is valid."""
+    root = Path(root)
+    problems: list[str] = []
+    names = categories if categories is not None else list(manifest.categories)
+    for cname in names:
+        if cname not in manifest.categories:
+            problems.append(f"category '{cname}' is not in the manifest")
+            continue
+        c = manifest.categories[cname]
+        if len(c.train) < 2:
+            problems.append(f"{cname}: needs at least 2 training meshes, manifest lists "
+                            f"{len(c.train)}")
+        entries = [c.canonical, *c.train] + [e for t in c.test for e in (t.mesh, t.eval_points)]
+        for e in entries:
+            f = root / e.path
+            if not f.is_file():
+                problems.append(f"{cname}: missing file {e.path}")
+            elif check_hashes and e.sha256 is not None and sha256_file(f) != e.sha256:
+                problems.append(f"{cname}: sha256 mismatch for {e.path}")
+    return problems
+
+
+def verify_dataset(root: Path, manifest_path: Path | None = None, check_hashes: bool = True,
+                   categories: list[str] | None = None) -> Manifest:
+    """Return the manifest of the dataset at `root` after checking every file it lists;
+    DatasetError listing what is missing or wrong (first 5 problems, with a count)."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DatasetError(f"dataset folder not found: {root}")
+    manifest = read_manifest(manifest_path or root)
+    problems = verification_problems(root, manifest, check_hashes, categories)
+    if problems:
+        more = f" (+{len(problems) - 5} more)" if len(problems) > 5 else ""
+        raise DatasetError(f"dataset {root} does not match its manifest: "
+                           + "; ".join(problems[:5]) + more)
+    return manifest

@@ -1,0 +1,1 @@
+"""Cameras, rigid poses and mesh I/O."""

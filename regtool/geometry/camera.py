@@ -1,0 +1,232 @@
+"""Pinhole cameras and rigid poses.
+
+Frames:
+* object frame: the category frame of the dataset, metres (z up for the built-in categories).
+* camera frame: OpenCV convention, x right, y down, z forward (looking along +z), metres.
+* pixel frame: (u, v) with u to the right and v downwards, origin at the top-left corner of the
+  top-left pixel, so pixel (i, j) covers [j, j+1) x [i, i+1) and has its centre at (j+.5, i+.5).
+  This matches pyrender's `IntrinsicsCamera`, whose projection is derived here in one place.
+* GL camera frame: x right, y up, z backwards = diag(1, -1, -1) applied to the camera frame.
+
+A pose is object -> camera: X_cam = R @ X_obj + t.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from regtool.errors import RegistrationError
+
+# Rotation from the OpenCV camera frame to the GL camera frame (and back: it is its own inverse).
+CV_TO_GL = np.diag([1.0, -1.0, -1.0])
+
+
+@dataclass(frozen=True)
+class CameraIntrinsics:
+    """OpenCV-style intrinsics in pixels; `width` x `height` is the image size."""
+
+    fx: float
+    fy: float
+    cx: float
+    cy: float
+    width: int
+    height: int
+
+    @classmethod
+    def from_fov(cls, width: int, height: int, fov_y_deg: float) -> "CameraIntrinsics":
+        """Return a centred camera with the given vertical field of view (square pixels)."""
+        f = 0.5 * height / math.tan(math.radians(fov_y_deg) / 2.0)
+        return cls(fx=f, fy=f, cx=width / 2.0, cy=height / 2.0, width=width, height=height)
+
+    def scaled(self, width: int, height: int) -> "CameraIntrinsics":
+        """Return the same camera for an image resized to `width` x `height`."""
+        sx, sy = width / self.width, height / self.height
+        return CameraIntrinsics(self.fx * sx, self.fy * sy, self.cx * sx, self.cy * sy,
+                                width, height)
+
+    def matrix(self) -> np.ndarray:
+        """Return K (3, 3) float64."""
+        return np.array([[self.fx, 0.0, self.cx], [0.0, self.fy, self.cy], [0.0, 0.0, 1.0]])
+
+    def gl_projection(self, znear: float = 0.01, zfar: float = 100.0) -> np.ndarray:
+        """Return the (4, 4) GL projection matrix (GL camera frame -> clip space), identical to
+        pyrender's `IntrinsicsCamera.get_projection_matrix`."""
+        w, h = float(self.width), float(self.height)
+        p = np.zeros((4, 4))
+        p[0, 0] = 2.0 * self.fx / w
+        p[1, 1] = 2.0 * self.fy / h
+        p[0, 2] = 1.0 - 2.0 * self.cx / w
+        p[1, 2] = 2.0 * self.cy / h - 1.0
+        p[2, 2] = (zfar + znear) / (znear - zfar)
+        p[2, 3] = 2.0 * zfar * znear / (znear - zfar)
+        p[3, 2] = -1.0
+        return p
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict, source: str = "camera") -> "CameraIntrinsics":
+        """Return intrinsics from a dict with fx, fy, cx, cy, width, height; RegistrationError
+        naming the field if one is missing, non-numeric, non-finite or non-positive."""
+        values = {}
+        for key in ("fx", "fy", "cx", "cy", "width", "height"):
+            if key not in data:
+                raise RegistrationError(f"{source}: missing field '{key}'")
+            v = data[key]
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+                raise RegistrationError(f"{source}: field '{key}' must be a finite number, "
+                                        f"got {v!r}")
+            values[key] = v
+        for key in ("fx", "fy", "width", "height"):
+            if values[key] <= 0:
+                raise RegistrationError(f"{source}: field '{key}' must be positive")
+        for key in ("width", "height"):
+            if int(values[key]) != values[key]:
+                raise RegistrationError(f"{source}: field '{key}' must be an integer")
+        return cls(float(values["fx"]), float(values["fy"]), float(values["cx"]),
+                   float(values["cy"]), int(values["width"]), int(values["height"]))
+
+
+def project_points(points_cam: torch.Tensor, camera: CameraIntrinsics) -> torch.Tensor:
+    """Return pixel coordinates (..., 2) of camera-frame points (..., 3) (pixel frame above)."""
+    z = points_cam[..., 2]
+    u = camera.fx * points_cam[..., 0] / z + camera.cx
+    v = camera.fy * points_cam[..., 1] / z + camera.cy
+    return torch.stack([u, v], dim=-1)
+
+
+def skew(v: torch.Tensor) -> torch.Tensor:
+    """Return the (..., 3, 3) cross-product matrices of vectors (..., 3)."""
+    zero = torch.zeros_like(v[..., 0])
+    return torch.stack([
+        torch.stack([zero, -v[..., 2], v[..., 1]], -1),
+        torch.stack([v[..., 2], zero, -v[..., 0]], -1),
+        torch.stack([-v[..., 1], v[..., 0], zero], -1),
+    ], -2)
+
+
+def axis_angle_to_matrix(rotvec: torch.Tensor) -> torch.Tensor:
+    """Return rotation matrices (..., 3, 3) of axis-angle vectors (..., 3) in radians (Rodrigues).
+
+    Differentiable everywhere, including at the zero rotation (Taylor expansion below 1e-4 rad).
+    """
+    theta2 = (rotvec * rotvec).sum(-1, keepdim=True)[..., None]
+    small = theta2 < 1e-8
+    theta2_safe = torch.where(small, torch.ones_like(theta2), theta2)
+    theta = torch.sqrt(theta2_safe)
+    a = torch.where(small, 1.0 - theta2 / 6.0, torch.sin(theta) / theta)
+    b = torch.where(small, 0.5 - theta2 / 24.0, (1.0 - torch.cos(theta)) / theta2_safe)
+    k = skew(rotvec)
+    eye = torch.eye(3, dtype=rotvec.dtype, device=rotvec.device).expand_as(k)
+    return eye + a * k + b * (k @ k)
+
+
+def matrix_to_axis_angle(rot: np.ndarray) -> np.ndarray:
+    """Return the axis-angle vector (3,) in radians of a rotation matrix (3, 3) (numpy)."""
+    from scipy.spatial.transform import Rotation
+
+    return Rotation.from_matrix(rot).as_rotvec()
+
+
+@dataclass(frozen=True)
+class Pose:
+    """Rigid object -> camera transform (OpenCV camera frame), metres."""
+
+    rotation: np.ndarray  # (3, 3)
+    translation: np.ndarray  # (3,)
+
+    @classmethod
+    def identity(cls) -> "Pose":
+        return cls(np.eye(3), np.zeros(3))
+
+    @classmethod
+    def look_at(cls, distance: float, azimuth_deg: float = 0.0, elevation_deg: float = 0.0,
+                roll_deg: float = 0.0, target: np.ndarray | None = None) -> "Pose":
+        """Return the pose of a camera on a sphere of radius `distance` around `target` (object
+        frame, z up), looking at it; azimuth about +z from +x, elevation above the xy-plane."""
+        target = np.zeros(3) if target is None else np.asarray(target, dtype=float)
+        az, el = math.radians(azimuth_deg), math.radians(elevation_deg)
+        eye = target + distance * np.array([math.cos(el) * math.cos(az),
+                                            math.cos(el) * math.sin(az), math.sin(el)])
+        forward = target - eye
+        forward /= np.linalg.norm(forward)
+        up = np.array([0.0, 0.0, 1.0])
+        if abs(forward @ up) > 0.999:
+            up = np.array([0.0, 1.0, 0.0])
+        right = np.cross(forward, up)
+        right /= np.linalg.norm(right)
+        down = np.cross(forward, right)
+        r_cam_to_obj = np.stack([right, down, forward], axis=1)  # columns: camera axes in object
+        r = r_cam_to_obj.T
+        if roll_deg:
+            c, s = math.cos(math.radians(roll_deg)), math.sin(math.radians(roll_deg))
+            r = np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]]) @ r
+        return cls(r, -r @ eye)
+
+    def matrix(self) -> np.ndarray:
+        """Return the (4, 4) homogeneous object -> camera matrix."""
+        m = np.eye(4)
+        m[:3, :3] = self.rotation
+        m[:3, 3] = self.translation
+        return m
+
+    def compose(self, delta_rotvec: np.ndarray, delta_translation: np.ndarray) -> "Pose":
+        """Return the pose with an increment in the camera frame that rotates the object about
+        its own origin: R' = Exp(delta_rotvec) R, t' = t + delta_translation."""
+        dr = axis_angle_to_matrix(torch.as_tensor(delta_rotvec, dtype=torch.float64)).numpy()
+        return Pose(dr @ self.rotation, self.translation + np.asarray(delta_translation, float))
+
+    def to_dict(self) -> dict:
+        return {"frame": "object_to_camera_opencv", "units": "m",
+                "rotation": self.rotation.tolist(), "translation": self.translation.tolist()}
+
+    @classmethod
+    def from_dict(cls, data: dict, source: str = "pose") -> "Pose":
+        """Return a pose from {"rotation": 3x3 | "rotvec": [3], "translation": [3]};
+        RegistrationError naming the field if missing, mis-shaped, non-finite or not a rotation."""
+        if "translation" not in data:
+            raise RegistrationError(f"{source}: missing field 'translation'")
+        t = _finite_array(data["translation"], (3,), f"{source}: field 'translation'")
+        if "rotation" in data:
+            r = _finite_array(data["rotation"], (3, 3), f"{source}: field 'rotation'")
+            if (np.abs(r.T @ r - np.eye(3)).max() > 1e-4 or np.linalg.det(r) < 0):
+                raise RegistrationError(f"{source}: field 'rotation' is not a rotation matrix")
+        elif "rotvec" in data:
+            rv = _finite_array(data["rotvec"], (3,), f"{source}: field 'rotvec'")
+            r = axis_angle_to_matrix(torch.as_tensor(rv)).numpy()
+        else:
+            raise RegistrationError(f"{source}: missing field 'rotation' (or 'rotvec')")
+        return cls(r, t)
+
+
+def _finite_array(value, shape: tuple[int, ...], what: str) -> np.ndarray:
+    try:
+        arr = np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise RegistrationError(f"{what} must be numbers of shape {shape}") from None
+    if arr.shape != shape:
+        raise RegistrationError(f"{what} must have shape {shape}, got {arr.shape}")
+    if not np.isfinite(arr).all():
+        raise RegistrationError(f"{what} has non-finite values")
+    return arr
+
+
+def read_json_file(path: Path, what: str) -> dict:
+    """Return the JSON object in `path`; RegistrationError if missing or malformed."""
+    path = Path(path)
+    if not path.is_file():
+        raise RegistrationError(f"{what} file not found: {path}")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise RegistrationError(f"{what} file {path} is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise RegistrationError(f"{what} file {path} must hold a JSON object")
+    return data
