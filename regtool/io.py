@@ -28,6 +28,9 @@ def sha256_file(path: Path) -> str:
 def ensure_writable_dir(path: Path) -> Path:
     """Create `path` (and parents) if needed; OutputError if it cannot be created or written."""
     path = Path(path)
+    for parent in (path, *path.parents):
+        if parent.exists() and not parent.is_dir():
+            raise OutputError(f"cannot create output folder {path}: {parent} is not a folder")
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as exc:

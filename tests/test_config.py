@@ -1,0 +1,60 @@
+"""Config loading: defaults equal configs/default.toml, validation names the bad key."""
+
+from __future__ import annotations
+
+import pytest
+
+from regtool.config import Config, config_to_dict, load_config, read_toml
+from regtool.errors import ConfigError
+
+
+def test_default_toml_equals_dataclass_defaults(repo_root):
+    assert read_toml(repo_root / "configs" / "default.toml") == config_to_dict(Config())
+
+
+def test_paper_defaults():
+    c = Config()
+    assert c.shapespace.latent_dim == 5
+    assert c.register.momentum == 0.9 and c.register.lr_decay == 0.95
+    assert c.register.iterations == 30 and c.register.pose_every == 3
+    assert c.evaluate.pose_noise_xy == 0.05 and c.evaluate.pose_noise_deg == 15.0
+    assert c.unet.feature_channels == 64
+
+
+def test_quick_profile_loads_and_is_smaller(repo_root):
+    quick = load_config(repo_root / "configs" / "quick.toml")
+    assert quick.render.width < Config().render.width
+    assert quick.unet.steps < Config().unet.steps
+
+
+@pytest.mark.parametrize("text, key", [
+    ("[register]\niterations = 'ten'\n", "register.iterations"),
+    ("[register]\nmomentum = 1.5\n", "register.momentum"),
+    ("[shapespace]\nlatent_dim = 0\n", "shapespace.latent_dim"),
+    ("[register]\nloss = 'perceptual'\n", "register.loss"),
+    ("[register]\nitertions = 3\n", "register.itertions"),
+    ("[unet]\nbase_channels = true\n", "unet.base_channels"),
+    ("[make_dataset]\ncategories = ['bottle', 'car']\n", "make_dataset.categories"),
+])
+def test_bad_values_name_the_key(tmp_path, text, key):
+    path = tmp_path / "bad.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        load_config(path)
+
+
+def test_unknown_section_and_malformed_toml(tmp_path):
+    (tmp_path / "a.toml").write_text("[regster]\niterations = 3\n")
+    with pytest.raises(ConfigError, match="unknown config section 'regster'"):
+        load_config(tmp_path / "a.toml")
+    (tmp_path / "b.toml").write_text("[register\n")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_config(tmp_path / "b.toml")
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "missing.toml")
+
+
+def test_overrides_beat_the_file_and_none_is_ignored(tmp_path):
+    (tmp_path / "c.toml").write_text("[register]\niterations = 7\nlearning_rate = 0.5\n")
+    c = load_config(tmp_path / "c.toml", {"register": {"iterations": 3, "learning_rate": None}})
+    assert c.register.iterations == 3 and c.register.learning_rate == 0.5
