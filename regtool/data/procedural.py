@@ -153,11 +153,11 @@ def _drill(q: dict[str, float]) -> Callable[[np.ndarray], np.ndarray]:
 
 # --- spray: can, cap, nozzle --------------------------------------------------------------------
 SPRAY: ParamRanges = {
-    "can_radius": (0.024, 0.036),
-    "can_height": (0.11, 0.19),
-    "dome_height": (0.008, 0.03),
+    "can_radius": (0.022, 0.040),
+    "can_height": (0.10, 0.21),
+    "dome_height": (0.006, 0.035),
     "cap_radius_ratio": (0.5, 0.8),
-    "cap_height": (0.018, 0.045),
+    "cap_height": (0.015, 0.05),
     "cap_taper": (0.75, 1.05),
     "nozzle_length": (0.014, 0.03),
     "nozzle_radius": (0.0055, 0.009),
