@@ -1,0 +1,254 @@
+"""The render-and-compare loop (StilllebenDR, Sec. 3.3): optimise the latent code (and in joint
+mode a pose increment) so that the rendering of the deformed canonical matches the observation.
+
+Parameters, all explicit:
+* `u` (k,): the whitened latent code, z = u * sqrt(explained_variance), so one learning rate
+  suits every component (a unit step is one standard deviation of the training set).
+* `pose_delta` (6,): axis-angle (radians) and translation divided by the object radius (so the
+  pose learning rate is in "object sizes"), an increment applied in the first view's camera
+  frame about the object origin: X' = T0^-1(Exp(r) (T0 X) + t * radius); view i sees T_i X'.
+
+Forward: ShapeSpace.deform(z) -> pose -> diff_render -> loss (FeatureLoss against the observed
+image, restricted to the dilated object region). The loss has no natural scale, so each
+parameter group's gradients are multiplied by one constant, the inverse norm of its first
+gradient: a learning rate is then the length of the first step (in standard deviations for the
+shape, radians / object radii for the pose). SGD with momentum and exponential LR decay;
+the pose is updated once every `pose_every` shape updates; stop at `iterations`, on a plateau,
+or on divergence (NaN or loss > 10x the first), keeping the best state seen.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from regtool.config import RegisterConfig
+from regtool.errors import RegistrationError
+from regtool.geometry.camera import CameraIntrinsics, Pose, axis_angle_to_matrix
+
+POSE_AXES = ("rx", "ry", "rz", "tx", "ty", "tz")
+
+
+@dataclass(frozen=True)
+class Observation:
+    """One observed view: `image` (H, W, 3) float32 RGB in [0, 1], its camera, the initial
+    object -> camera pose, and the object region (H, W) bool where the loss is evaluated
+    (None: the whole image)."""
+
+    image: np.ndarray
+    camera: CameraIntrinsics
+    pose: Pose
+    region: np.ndarray | None = None
+
+
+@dataclass
+class IterationRecord:
+    iteration: int
+    loss: float
+    lr: float
+    pose_step: bool
+    seconds: float
+
+
+@dataclass
+class RegistrationResult:
+    """The outcome: best latent code `z` (k,), best poses (one per view), deformed vertices
+    (M, 3) in the object frame (shape-space units), the per-iteration log, phase timings in
+    seconds, why it stopped, and GIF frames (uint8 H x W x 3) if requested."""
+
+    z: np.ndarray
+    poses: list[Pose]
+    vertices: np.ndarray
+    history: list[IterationRecord]
+    best_iteration: int
+    best_loss: float
+    initial_loss: float
+    stop_reason: str
+    timings: dict[str, float]
+    frames: list[np.ndarray] = field(default_factory=list)
+    final_images: list[np.ndarray] = field(default_factory=list)
+    final_masks: list[np.ndarray] = field(default_factory=list)
+
+
+def pose_increment_matrix(delta: torch.Tensor, radius: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Return (R (3, 3), t (3,)) of the increment `delta` = (rotvec, translation / radius)."""
+    return axis_angle_to_matrix(delta[:3]), delta[3:] * radius
+
+
+def posed_vertices(vertices: torch.Tensor, poses: list[Pose], delta: torch.Tensor,
+                   radius: float) -> list[torch.Tensor]:
+    """Return the camera-frame vertices (V, 3) of every view after the pose increment."""
+    dtype, device = vertices.dtype, vertices.device
+    r0 = torch.as_tensor(poses[0].rotation, dtype=dtype, device=device)
+    t0 = torch.as_tensor(poses[0].translation, dtype=dtype, device=device)
+    dr, dt = pose_increment_matrix(delta.to(dtype), radius)
+    cam0 = (vertices @ r0.T + t0) @ dr.T + dt
+    out = [cam0]
+    if len(poses) > 1:
+        obj = (cam0 - t0) @ r0  # back into the object frame
+        for p in poses[1:]:
+            r = torch.as_tensor(p.rotation, dtype=dtype, device=device)
+            t = torch.as_tensor(p.translation, dtype=dtype, device=device)
+            out.append(obj @ r.T + t)
+    return out
+
+
+def apply_increment(poses: list[Pose], delta: np.ndarray, radius: float) -> list[Pose]:
+    """Return the poses of every view after the increment `delta` (6,)."""
+    dr = axis_angle_to_matrix(torch.as_tensor(delta[:3], dtype=torch.float64)).numpy()
+    dt = np.asarray(delta[3:], float) * radius
+    r0, t0 = poses[0].rotation, poses[0].translation
+    # New object -> camera-0 transform: x -> dr (r0 x + t0) + dt.
+    new0 = Pose(dr @ r0, dr @ t0 + dt)
+    out = [new0]
+    for p in poses[1:]:
+        # object' -> object: x -> r0^T (new0(x) - t0); then the view's own transform.
+        r_rel = r0.T @ new0.rotation
+        t_rel = r0.T @ (new0.translation - t0)
+        out.append(Pose(p.rotation @ r_rel, p.rotation @ t_rel + p.translation))
+    return out
+
+
+def register(space, faces: np.ndarray, observations: list[Observation], loss_fn: Callable,
+             render_fn: Callable, config: RegisterConfig, device: torch.device,
+             callback: Callable[[IterationRecord], None] | None = None) -> RegistrationResult:
+    """Run the registration and return its result.
+
+    `space`: a ShapeSpace; `loss_fn(rendered (1, 3, H, W), view_index) -> scalar tensor`
+    compares a rendering with observation `view_index` (features prepared by the caller);
+    `render_fn(vertices_cam (V, 3), camera) -> (image (C, H, W), mask (H, W))` is the
+    differentiable renderer. `callback` gets every iteration's record.
+    """
+    if not observations:
+        raise RegistrationError("no observation given")
+    timings = {"render": 0.0, "features": 0.0, "backward": 0.0, "optimiser": 0.0, "total": 0.0}
+    t_start = time.perf_counter()
+    std = torch.as_tensor(np.sqrt(np.maximum(space.explained_variance, 1e-20)),
+                          dtype=torch.float64, device=device)
+    z0 = space.canonical_code if config.start == "canonical" else np.zeros(space.latent_dim)
+    u = (torch.as_tensor(z0, dtype=torch.float64, device=device) / std).clone()
+    u.requires_grad_(True)
+    delta = torch.zeros(6, dtype=torch.float64, device=device, requires_grad=config.joint)
+    axis_mask = torch.tensor([float(a in config.pose_axes) for a in POSE_AXES],
+                             dtype=torch.float64, device=device)
+    from regtool.data.manifest import UNITS_TO_METRES
+
+    unit = UNITS_TO_METRES.get(space.units, 1.0)  # shape-space units -> metres for rendering
+    radius = unit * float(np.linalg.norm(space.canonical_vertices
+                                         - space.canonical_vertices.mean(0), axis=1).max())
+    poses = [o.pose for o in observations]
+
+    shape_opt = torch.optim.SGD([u], lr=config.learning_rate, momentum=config.momentum)
+    shape_sched = torch.optim.lr_scheduler.ExponentialLR(shape_opt, gamma=config.lr_decay)
+    pose_opt = pose_sched = None
+    if config.joint:
+        pose_opt = torch.optim.SGD([delta], lr=config.pose_learning_rate,
+                                   momentum=config.momentum)
+        pose_sched = torch.optim.lr_scheduler.ExponentialLR(pose_opt, gamma=config.lr_decay)
+
+    history: list[IterationRecord] = []
+    frames: list[np.ndarray] = []
+    best = {"loss": float("inf"), "u": u.detach().clone(), "delta": delta.detach().clone(),
+            "iteration": -1}
+    initial_loss = float("nan")
+    stop_reason = "iterations"
+    since_best = 0
+    # The loss is scaled once, by the inverse norm of its first gradient, so that the learning
+    # rates are the lengths of the first steps (standard deviations; radians and object radii).
+    grad_scale: dict[str, float | None] = {"shape": None, "pose": None}
+
+    for it in range(config.iterations + 1):
+        t_it = time.perf_counter()
+        pose_step = config.joint and (it % config.pose_every == config.pose_every - 1)
+        shape_opt.zero_grad(set_to_none=True)
+        if pose_opt is not None:
+            pose_opt.zero_grad(set_to_none=True)
+        vertices = space.deform(u * std)
+        cams = posed_vertices(vertices * unit, poses, delta, radius)
+        total = torch.zeros((), dtype=torch.float64, device=device)
+        for i, (v_cam, obs) in enumerate(zip(cams, observations)):
+            t0 = time.perf_counter()
+            image, mask = render_fn(v_cam.to(torch.float32), obs.camera)
+            timings["render"] += time.perf_counter() - t0
+            t0 = time.perf_counter()
+            total = total + loss_fn(image[None, :3], i).to(torch.float64)
+            timings["features"] += time.perf_counter() - t0
+            if i == 0 and config.gif:
+                frames.append(_frame(image, obs.image))
+        loss = float(total.detach())
+        if it == 0:
+            initial_loss = loss
+        if not np.isfinite(loss) or (np.isfinite(initial_loss) and initial_loss > 0
+                                     and loss > 10.0 * initial_loss):
+            stop_reason = "diverged"
+            break
+        if loss < best["loss"] * (1.0 - config.plateau_tolerance):
+            since_best = 0
+        else:
+            since_best += 1
+        if loss < best["loss"]:
+            best = {"loss": loss, "u": u.detach().clone(), "delta": delta.detach().clone(),
+                    "iteration": it}
+        lr = shape_opt.param_groups[0]["lr"]
+        history.append(IterationRecord(it, loss, lr, pose_step, time.perf_counter() - t_it))
+        if callback:
+            callback(history[-1])
+        if it == config.iterations:
+            break  # the last pass only evaluates the final state
+        if since_best >= config.plateau_patience:
+            stop_reason = "plateau"
+            break
+        t0 = time.perf_counter()
+        total.backward()
+        timings["backward"] += time.perf_counter() - t0
+        t0 = time.perf_counter()
+        if u.grad is None or not torch.isfinite(u.grad).all():
+            stop_reason = "diverged"
+            break
+        if grad_scale["shape"] is None:
+            grad_scale["shape"] = _inverse_norm(u.grad)
+        u.grad.mul_(grad_scale["shape"])
+        shape_opt.step()
+        shape_sched.step()
+        if pose_opt is not None and pose_step and delta.grad is not None:
+            delta.grad.mul_(axis_mask)
+            if grad_scale["pose"] is None:
+                grad_scale["pose"] = _inverse_norm(delta.grad)
+            delta.grad.mul_(grad_scale["pose"])
+            pose_opt.step()
+            pose_sched.step()
+        timings["optimiser"] += time.perf_counter() - t0
+        history[-1].seconds = time.perf_counter() - t_it
+
+    with torch.no_grad():
+        z = (best["u"] * std).cpu().numpy()
+        vertices = space.deform(best["u"] * std)
+        final_poses = apply_increment(poses, best["delta"].cpu().numpy(), radius)
+        cams = posed_vertices(vertices * unit, poses, best["delta"], radius)
+        finals = [render_fn(v.to(torch.float32), o.camera) for v, o in zip(cams, observations)]
+    timings["total"] = time.perf_counter() - t_start
+    return RegistrationResult(
+        z=z, poses=final_poses, vertices=vertices.cpu().numpy(), history=history,
+        best_iteration=int(best["iteration"]), best_loss=float(best["loss"]),
+        initial_loss=float(initial_loss), stop_reason=stop_reason, timings=timings,
+        frames=frames,
+        final_images=[im.detach().cpu().permute(1, 2, 0)[..., :3].numpy() for im, _ in finals],
+        final_masks=[m.detach().cpu().numpy().astype(bool) for _, m in finals])
+
+
+def _inverse_norm(grad: torch.Tensor) -> float:
+    norm = float(grad.norm())
+    return 1.0 / norm if norm > 0 else 0.0
+
+
+def _frame(image: torch.Tensor, observed: np.ndarray) -> np.ndarray:
+    """Return a uint8 (H, 2W, 3) frame: observation | rendering."""
+    rendered = image.detach().cpu().permute(1, 2, 0)[..., :3].numpy()
+    if rendered.shape[-1] == 1:
+        rendered = np.repeat(rendered, 3, axis=-1)
+    both = np.concatenate([observed, rendered], axis=1)
+    return (np.clip(both, 0, 1) * 255).astype(np.uint8)

@@ -1,0 +1,89 @@
+"""Registration end to end: load the artifacts, prepare observations (U-Net object region),
+build the loss and the differentiable renderer, run `optimise.register`."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from regtool.config import Config
+from regtool.errors import RegistrationError
+from regtool.geometry.camera import CameraIntrinsics, Pose
+from regtool.registration.optimise import Observation, RegistrationResult, register
+
+
+def load_models(shapespace_path: Path, unet_path: Path, device: torch.device):
+    """Return (ShapeSpace, UNet, unet meta); RegistrationError if the U-Net was not trained on
+    the shape space's category."""
+    from regtool.features.unet import load_unet
+    from regtool.shapespace.space import ShapeSpace
+
+    space = ShapeSpace.load(shapespace_path)
+    unet, meta = load_unet(unet_path, device)
+    categories = meta.get("categories") or []
+    if isinstance(categories, str):
+        categories = [categories]
+    if space.category not in categories:
+        raise RegistrationError(
+            f"the shape space is for category '{space.category}' but the U-Net {unet_path} was "
+            f"trained on {', '.join(categories) or 'unknown categories'}")
+    return space, unet, meta
+
+
+def image_tensor(image: np.ndarray, device: torch.device) -> torch.Tensor:
+    """Return (1, 3, H, W) float32 of an (H, W, 3) image in [0, 1]."""
+    return torch.as_tensor(np.ascontiguousarray(image), dtype=torch.float32,
+                           device=device).permute(2, 0, 1)[None]
+
+
+def dilate(mask: np.ndarray, pixels: int) -> np.ndarray:
+    """Return the mask (H, W) bool grown by `pixels` (square structuring element)."""
+    if pixels <= 0:
+        return mask
+    from scipy.ndimage import binary_dilation
+
+    return binary_dilation(mask, np.ones((2 * pixels + 1, 2 * pixels + 1), bool))
+
+
+def make_observation(image: np.ndarray, camera: CameraIntrinsics, pose: Pose, feature_loss,
+                     dilation: int, mask: np.ndarray | None = None) -> Observation:
+    """Return an Observation whose region is `mask` (or the U-Net's segmentation of the image)
+    dilated by `dilation` pixels; RegistrationError if the image and camera sizes differ or no
+    object is found."""
+    h, w = image.shape[:2]
+    if (w, h) != (camera.width, camera.height):
+        raise RegistrationError(f"image is {w}x{h} but the camera is "
+                                f"{camera.width}x{camera.height}")
+    if mask is None:
+        mask = feature_loss.segment(image_tensor(image, feature_loss.device))[0].cpu().numpy()
+        if not mask.any():
+            raise RegistrationError("the U-Net finds no object in the image; give --mask")
+    return Observation(image=image, camera=camera, pose=pose, region=dilate(mask, dilation))
+
+
+def run_registration(space, unet, observations: list[Observation], config: Config,
+                     device: torch.device, joint: bool | None = None,
+                     callback=None) -> RegistrationResult:
+    """Register the shape space to the observations; `joint` overrides config.register.joint."""
+    from regtool.features.compare import FeatureLoss
+    from regtool.render.diff import DiffRenderSettings, diff_render
+
+    reg = config.register if joint is None else replace(config.register, joint=joint)
+    loss = FeatureLoss(unet, reg.loss)
+    observed = [image_tensor(o.image, device) for o in observations]
+    regions = [None if o.region is None else
+               torch.as_tensor(o.region, device=device)[None, None] for o in observations]
+    settings = DiffRenderSettings.from_config(config.render, image_type="rgb")
+    faces = torch.as_tensor(space.faces, dtype=torch.int64)
+
+    def loss_fn(rendered: torch.Tensor, i: int) -> torch.Tensor:
+        return loss(rendered, observed[i], regions[i])
+
+    def render_fn(vertices_cam: torch.Tensor, camera: CameraIntrinsics):
+        return diff_render(vertices_cam, faces, camera, settings)
+
+    return register(space, space.faces, observations, loss_fn, render_fn, reg, device,
+                    callback=callback)
