@@ -1,0 +1,85 @@
+"""`regtool evaluate`: the paper's Table 1 on a dataset."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from regtool.cli.app import (ConfigOption, app, command_config, console, options, progress_bar,
+                             reported_errors)
+
+
+def _artifact(template: str, category: str, what: str) -> Path:
+    from regtool.errors import ArtifactError
+
+    path = Path(template.replace("{category}", category))
+    if not path.is_file():
+        raise ArtifactError(f"{what} for category '{category}' not found: {path}")
+    return path
+
+
+@app.command("evaluate")
+def evaluate_command(
+    ctx: typer.Context,
+    dataset: Path = typer.Option(..., "--dataset", "-d", help="Dataset folder (with manifest)."),
+    category: str = typer.Option(..., "--category", help="Category name, comma-separated "
+                                 "names, or 'all'."),
+    shapespace: str = typer.Option("runs/{category}/shapespace.npz", "--shapespace",
+                                   help="Shape space; '{category}' is replaced per category."),
+    unet: str = typer.Option("runs/{category}/unet.pt", "--unet",
+                             help="U-Net checkpoint; '{category}' is replaced per category."),
+    out: Path = typer.Option(Path("runs/evaluation"), "--out", "-o", help="Report folder."),
+    noise_draws: Optional[int] = typer.Option(None, "--noise-draws", help="Override "
+                                              "evaluate.noise_draws."),
+    workers: Optional[int] = typer.Option(None, "--workers", help="Parallel processes "
+                                          "(0: one per core)."),
+    config: Optional[Path] = ConfigOption,
+) -> None:
+    """Table 1: register every test instance (known pose, pose noise) and compare with the 3D
+    references; writes report.md, results.csv, results.json and errors.png."""
+    import platform
+    import time
+
+    from regtool.config import config_to_dict
+    from regtool.data.manifest import verify_dataset
+    from regtool.device import resolve_device
+    from regtool.evaluation.report import write_report
+    from regtool.evaluation.run import evaluate
+    from regtool.io import ensure_writable_dir
+    from regtool.registration.pipeline import load_models
+    from regtool.registration.result import software_versions
+
+    with reported_errors(ctx):
+        cfg = command_config(config, {"evaluate": {"noise_draws": noise_draws,
+                                                   "workers": workers}})
+        device = resolve_device(options(ctx).device)
+        manifest = verify_dataset(dataset)
+        names = list(manifest.categories) if category == "all" else \
+            [c.strip() for c in category.split(",") if c.strip()]
+        for c in names:
+            manifest.category(c)
+        spaces = {c: _artifact(shapespace, c, "shape space") for c in names}
+        unets = {c: _artifact(unet, c, "U-Net checkpoint") for c in names}
+        for c in names:  # fail fast on corrupted or mismatched artifacts
+            load_models(spaces[c], unets[c], device)
+        ensure_writable_dir(out)
+        total = sum(len(manifest.category(c).test) for c in names)
+        t0 = time.perf_counter()
+        with progress_bar("evaluate", total) as advance:
+            rows = evaluate(dataset, names, spaces, unets, cfg, options(ctx).seed, str(device),
+                            progress=lambda name: advance(1, name))
+        from regtool.render.context import get_context
+
+        env = {**software_versions(get_context().info()["renderer"]),
+               "machine": platform.machine(), "device": str(device), "seed": options(ctx).seed}
+        paths = write_report(out, rows, dataset_units=manifest.units, environment=env,
+                             config=config_to_dict(cfg),
+                             timings={"total_seconds": time.perf_counter() - t0},
+                             title=f"regtool evaluation: {', '.join(names)}",
+                             extra={"dataset": str(dataset), "shapespaces": {c: str(p) for c, p
+                                                                             in spaces.items()},
+                                    "unets": {c: str(p) for c, p in unets.items()}})
+        console.print((out / "report.md").read_text())
+        console.print(f"report: [bold]{paths.get('report.md', out / 'report.md')}[/bold]")
