@@ -1,0 +1,155 @@
+"""`regtool register` and `regtool evaluate` end to end on the bottle category (quick profile,
+few iterations), and their bad-input paths."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from regtool.cli import app
+from regtool.config import config_to_dict
+
+pytestmark = pytest.mark.gl
+runner = CliRunner()
+
+
+def _toml(cfg) -> str:
+    lines = []
+    for section, values in config_to_dict(cfg).items():
+        lines.append(f"[{section}]")
+        lines += [f"{k} = {json.dumps(v)}" for k, v in values.items()]
+    return "\n".join(lines) + "\n"
+
+
+@pytest.fixture(scope="module")
+def observation(dataset_dir, quick_config, tmp_path_factory):
+    """An observed PNG of the first bottle test instance, its camera and pose JSON files."""
+    from regtool.geometry.camera import CameraIntrinsics, Pose
+
+    d = tmp_path_factory.mktemp("obs")
+    cam = CameraIntrinsics.from_fov(quick_config.render.width, quick_config.render.height, 40.0)
+    (d / "camera.json").write_text(json.dumps(cam.to_dict()))
+    (d / "pose.json").write_text(json.dumps(Pose.look_at(0.6, 30.0, 20.0).to_dict()))
+    (d / "config.toml").write_text(_toml(quick_config))
+    result = runner.invoke(app, ["--seed", "2", "render-view", "--mesh",
+                                 str(dataset_dir / "bottle/test/bottle_test_00.ply"),
+                                 "--camera", str(d / "camera.json"), "--pose",
+                                 str(d / "pose.json"), "--out", str(d / "obs.png"),
+                                 "--mask-out", str(d / "mask.png")])
+    assert result.exit_code == 0, result.output
+    return d
+
+
+def _register_args(art, obs, out, *extra):
+    return ["register", "--shapespace", str(art["shapespace"]), "--unet", str(art["unet"]),
+            "--image", str(obs / "obs.png"), "--camera", str(obs / "camera.json"),
+            "--pose", str(obs / "pose.json"), "--out", str(out),
+            "--config", str(obs / "config.toml"), *extra]
+
+
+def test_register_writes_all_outputs(bottle_artifacts, observation, tmp_path, repo_root):
+    out = tmp_path / "reg"
+    result = runner.invoke(app, _register_args(
+        bottle_artifacts, observation, out, "--joint", "--mask", str(observation / "mask.png"),
+        "--transfer", str(repo_root / "configs/examples/points.json")))
+    assert result.exit_code == 0, result.output
+    names = {p.name for p in out.iterdir()}
+    assert {"deformed.ply", "deformed.obj", "result.json", "overlay.png",
+            "optimisation.gif"} <= names
+    record = json.loads((out / "result.json").read_text())
+    assert len(record["z"]) == 5
+    assert record["iterations"] >= 1 and len(record["losses"]) == record["iterations"]
+    names_given = set(json.loads((repo_root / "configs/examples/points.json")
+                                 .read_text())["points"])
+    assert set(record["transfer"]["points"]) == names_given
+    import trimesh
+
+    from regtool.shapespace.space import ShapeSpace
+
+    mesh = trimesh.load(out / "deformed.ply", process=False)
+    space = ShapeSpace.load(bottle_artifacts["shapespace"])
+    assert np.array_equal(np.asarray(mesh.faces), space.faces)  # same vertex order and faces
+    assert np.allclose(mesh.vertices, space.deform_numpy(record["z"]), atol=1e-5)
+
+
+def one_line_error(result, *fragments):
+    assert result.exit_code == 2, result.output
+    lines = [ln for ln in result.output.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.output
+    for f in fragments:
+        assert f in lines[0], lines[0]
+
+
+def test_register_bad_inputs(bottle_artifacts, observation, tmp_path, dataset_dir,
+                             quick_config):
+    import imageio.v3 as iio
+
+    small = tmp_path / "small.png"
+    iio.imwrite(small, np.zeros((50, 60, 3), np.uint8))
+    args = _register_args(bottle_artifacts, observation, tmp_path / "o1")
+    args[args.index("--image") + 1] = str(small)
+    one_line_error(runner.invoke(app, args), "60x50")
+    assert not (tmp_path / "o1").exists() or not any((tmp_path / "o1").iterdir())
+
+    bad_cam = tmp_path / "cam.json"
+    bad_cam.write_text(json.dumps({"fx": 100.0, "fy": float("nan"), "cx": 1, "cy": 1,
+                                   "width": 160, "height": 120}))
+    args = _register_args(bottle_artifacts, observation, tmp_path / "o2")
+    args[args.index("--camera") + 1] = str(bad_cam)
+    one_line_error(runner.invoke(app, args), "fy")
+
+    bad_pose = tmp_path / "pose.json"
+    bad_pose.write_text(json.dumps({"rotation": np.eye(3).tolist()}))
+    args = _register_args(bottle_artifacts, observation, tmp_path / "o3")
+    args[args.index("--pose") + 1] = str(bad_pose)
+    one_line_error(runner.invoke(app, args), "translation")
+
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    one_line_error(runner.invoke(app, _register_args(bottle_artifacts, observation,
+                                                     blocker / "out")), "not a folder")
+
+    # A shape space of another category than the U-Net's.
+    from regtool.shapespace.build import build_shapespace
+
+    cfg = replace(quick_config.shapespace, template_points=200, target_points=200,
+                  max_iterations=10)
+    space, report = build_shapespace(dataset_dir, "spray", cfg, seed=0)
+    space.save(tmp_path / "spray.npz", report)
+    args = _register_args({"shapespace": tmp_path / "spray.npz",
+                           "unet": bottle_artifacts["unet"]}, observation, tmp_path / "o4")
+    one_line_error(runner.invoke(app, args), "spray", "bottle")
+    assert not (tmp_path / "o4").exists() or not any((tmp_path / "o4").iterdir())
+
+
+def test_evaluate_writes_table_one(bottle_artifacts, dataset_dir, observation, tmp_path):
+    out = tmp_path / "eval"
+    result = runner.invoke(app, ["evaluate", "--dataset", str(dataset_dir), "--category",
+                                 "bottle", "--shapespace", str(bottle_artifacts["shapespace"]),
+                                 "--unet", str(bottle_artifacts["unet"]), "--out", str(out),
+                                 "--config", str(observation / "config.toml")])
+    assert result.exit_code == 0, result.output
+    for name in ("report.md", "results.csv", "results.json", "errors.png"):
+        assert (out / name).is_file(), name
+    data = json.loads((out / "results.json").read_text())
+    rows = data["rows"]
+    assert [r["instance"] for r in rows] == ["bottle_test_00", "bottle_test_01"]
+    for r in rows:
+        for key in ("canonical", "cpd_3d", "latent_3d_known", "latent_3d_noisy", "latent_gt",
+                    "rgb_known", "rgb_noisy"):
+            assert np.isfinite(r[key]["mean"]) and r[key]["mean"] > 0, key
+        # The 3D references must beat the undeformed canonical.
+        assert r["latent_3d_known"]["mean"] < r["canonical"]["mean"]
+        assert r["cpd_3d"]["mean"] < r["canonical"]["mean"]
+    assert "mm" in (out / "report.md").read_text()
+
+
+def test_evaluate_missing_artifact(dataset_dir, tmp_path):
+    result = runner.invoke(app, ["evaluate", "--dataset", str(dataset_dir), "--category",
+                                 "bottle", "--shapespace", str(tmp_path / "{category}.npz"),
+                                 "--unet", str(tmp_path / "u.pt"), "--out", str(tmp_path / "e")])
+    one_line_error(result, "shape space", "bottle")
