@@ -64,6 +64,7 @@ class ShapeSpaceConfig:
     lowrank_threshold: int = _f(4000, 10, 10_000_000)
     lowrank_rank: int = _f(300, 2, 100_000)
     basis: str = _f("displacement", choices=("displacement", "weights"))
+    report_points: int = _f(2000, 10, 1_000_000)  # surface points per instance for the report
 
 
 @dataclass(frozen=True)
@@ -95,6 +96,7 @@ class UNetConfig:
     checkpoint_every: int = _f(200, 1, 10_000_000)
     render_workers: int = _f(1, 0, 64)
     distance_jitter: float = _f(0.2, 0.0, 0.9)  # relative jitter of the working distance
+    train_threads: int = _f(0, 0, 256)  # torch threads; 0: cores - max(1, render_workers)
 
 
 @dataclass(frozen=True)
@@ -102,8 +104,8 @@ class RegisterConfig:
     """`regtool register`: the render-and-compare optimisation (StilllebenDR, Sec. 3.3)."""
 
     iterations: int = _f(30, 1, 100_000)
-    learning_rate: float = _f(0.1, 1e-8, 1e4)
-    pose_learning_rate: float = _f(0.01, 1e-8, 1e4)
+    learning_rate: float = _f(0.05, 1e-8, 1e4)
+    pose_learning_rate: float = _f(0.02, 1e-8, 1e4)
     momentum: float = _f(0.9, 0.0, 1.0)
     lr_decay: float = _f(0.95, 0.0, 1.0)
     pose_every: int = _f(3, 1, 1000)

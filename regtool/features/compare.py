@@ -1,0 +1,116 @@
+"""Image comparison for render-and-compare (StilllebenDR Sec. 3.3.1, Fig. 5).
+
+`FeatureLoss(unet, "features")` is the paper's comparison: the U-Net feature maps F_rnd and
+F_obs (B, C, H, W) of the rendered and the observed image are each normalised per channel to
+[-1, 1] (min-max over the image), aggregated along the channel dimension (mean, giving one
+(B, H, W) map per image) and compared by the pixel-wise mean squared error. The `rgb` (MSE of
+the images) and `mask` (MSE of the U-Net's object probability) comparisons serve ablations.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from regtool.errors import RegistrationError
+from regtool.features.unet import UNet
+
+KINDS = ("features", "rgb", "mask")
+
+
+def normalise_channels(features: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """Return features (B, C, H, W) with every channel of every image mapped linearly to
+    [-1, 1] by its own min and max over H, W (a constant channel becomes -1)."""
+    lo = features.amin(dim=(2, 3), keepdim=True)
+    hi = features.amax(dim=(2, 3), keepdim=True)
+    return 2.0 * (features - lo) / (hi - lo).clamp_min(eps) - 1.0
+
+
+def aggregate(features: torch.Tensor) -> torch.Tensor:
+    """Return the paper's aggregated feature map (B, H, W) in [-1, 1]: the channel mean of the
+    per-channel normalised features (B, C, H, W)."""
+    return normalise_channels(features).mean(dim=1)
+
+
+def _check_images(x: torch.Tensor, name: str) -> None:
+    if not isinstance(x, torch.Tensor) or x.ndim != 4 or x.shape[1] != 3:
+        shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+        raise RegistrationError(f"{name} must be a (B, 3, H, W) tensor, got {shape}")
+    if not x.is_floating_point():
+        raise RegistrationError(f"{name} must be float RGB in [0, 1], got {x.dtype}")
+
+
+class FeatureLoss:
+    """Compare a rendered and an observed image; differentiable with respect to the rendered.
+
+    `kind`: "features" (paper), "rgb" or "mask" (see module docstring). The U-Net is put in
+    eval mode and its parameters are frozen (requires_grad False): it is a fixed feature
+    extractor here. The observed image's target map is computed once and cached: calling the
+    loss again with the same (unchanged) observed tensor reuses it.
+    """
+
+    def __init__(self, unet: UNet, kind: str = "features"):
+        if kind not in KINDS:
+            raise RegistrationError(f"unknown image comparison '{kind}' "
+                                    f"(use one of {', '.join(KINDS)})")
+        self.unet, self.kind = unet.eval(), kind
+        for p in self.unet.parameters():
+            p.requires_grad_(False)
+        self._cache_key: tuple | None = None
+        self._cache_value: torch.Tensor | None = None
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.unet.parameters()).device
+
+    def _target(self, images: torch.Tensor) -> torch.Tensor:
+        """Return the map compared by the loss: (B, H, W) aggregated features ("features"),
+        (B, 3, H, W) the images ("rgb"), (B, H, W) object probability ("mask")."""
+        if self.kind == "rgb":
+            return images
+        if self.kind == "mask":
+            return 1.0 - self.unet(images).softmax(dim=1)[:, 0]
+        return aggregate(self.unet.features(images))
+
+    def observed_features(self, observed: torch.Tensor) -> torch.Tensor:
+        """Return the (detached) target map of the observed images (B, 3, H, W) float in
+        [0, 1] — for "features" the aggregated map (B, H, W) in [-1, 1] — computing it only
+        if `observed` is not the tensor (same object, unmodified) of the previous call."""
+        _check_images(observed, "observed image")
+        key = (id(observed), observed._version, tuple(observed.shape), observed.device)
+        if key != self._cache_key:
+            with torch.no_grad():
+                self._cache_value = self._target(observed.to(self.device, torch.float32))
+            self._cache_key = key
+        return self._cache_value
+
+    def __call__(self, rendered: torch.Tensor, observed: torch.Tensor,
+                 region: torch.Tensor | None = None) -> torch.Tensor:
+        """Return the scalar loss: mean over pixels (weighted by `region` (B, 1, H, W) bool or
+        float in [0, 1] when given; all pixels otherwise) of the squared difference of the
+        rendered and observed target maps (for "rgb", averaged over the colour channels).
+        `rendered`, `observed` are (B, 3, H, W) float RGB in [0, 1] of the same size."""
+        _check_images(rendered, "rendered image")
+        _check_images(observed, "observed image")
+        if rendered.shape != observed.shape:
+            raise RegistrationError(f"rendered {tuple(rendered.shape)} and observed "
+                                    f"{tuple(observed.shape)} images differ in shape")
+        target = self.observed_features(observed)
+        mine = self._target(rendered.to(self.device, torch.float32))
+        diff2 = (mine - target) ** 2
+        if diff2.ndim == 4:
+            diff2 = diff2.mean(dim=1)
+        if region is None:
+            return diff2.mean()
+        b, _, h, w = rendered.shape
+        if region.shape != (b, 1, h, w):
+            raise RegistrationError(f"region must have shape ({b}, 1, {h}, {w}), "
+                                    f"got {tuple(region.shape)}")
+        weight = region.to(self.device, diff2.dtype)[:, 0]
+        return (weight * diff2).sum() / weight.sum().clamp_min(1.0)
+
+    @torch.no_grad()
+    def segment(self, observed: torch.Tensor) -> torch.Tensor:
+        """Return the object mask (B, H, W) bool of images (B, 3, H, W): pixels whose most
+        likely class is not background (class 0)."""
+        _check_images(observed, "observed image")
+        return self.unet(observed.to(self.device, torch.float32)).argmax(dim=1) != 0

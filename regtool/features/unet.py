@@ -1,0 +1,196 @@
+"""The U-Net (Ronneberger et al. 2015) used as segmentation network and feature extractor.
+
+`UNet.forward(x)` returns per-class logits; `UNet.features(x)` returns the feature map of the
+layer before the 1x1 output convolution (StilllebenDR Sec. 3.3.1: 64 channels in the paper,
+`feature_channels` here). Checkpoints hold tensors and plain values only (loaded with
+`torch.load(weights_only=True)`); the architecture and metadata travel as a JSON string inside.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from regtool.config import UNetConfig
+from regtool.errors import ArtifactError
+
+CHECKPOINT_FORMAT = "regtool-unet"
+CHECKPOINT_VERSION = 1
+ARCH_KEYS = ("base_channels", "depth", "feature_channels")
+
+
+def _block(c_in: int, c_out: int) -> nn.Sequential:
+    """Two 3x3 convolutions with batch norm and ReLU; spatial size unchanged."""
+    return nn.Sequential(
+        nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out),
+        nn.ReLU(inplace=True),
+        nn.Conv2d(c_out, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out),
+        nn.ReLU(inplace=True))
+
+
+class UNet(nn.Module):
+    """Encoder-decoder with skip connections.
+
+    Level i of the encoder has `base_channels * 2**i` channels (i = 0..depth; `depth` 2x2
+    max-pools). The decoder upsamples bilinearly, concatenates the skip and applies a double
+    convolution; its last block outputs `feature_channels` channels, the feature map. A 1x1
+    convolution maps it to `n_classes` logits (class 0 = background).
+
+    Inputs of any size work: they are padded (replicate) to a multiple of 2**depth and the
+    outputs cropped back.
+    """
+
+    def __init__(self, n_classes: int = 2, base_channels: int = 16, depth: int = 4,
+                 feature_channels: int = 64):
+        super().__init__()
+        if n_classes < 2:
+            raise ValueError("n_classes must be >= 2 (background + at least one category)")
+        self.n_classes, self.base_channels = n_classes, base_channels
+        self.depth, self.feature_channels = depth, feature_channels
+        widths = [base_channels * 2 ** i for i in range(depth + 1)]
+        self.encoder = nn.ModuleList([_block(3, widths[0])] + [
+            _block(widths[i - 1], widths[i]) for i in range(1, depth + 1)])
+        self.reduce = nn.ModuleList()
+        self.decoder = nn.ModuleList()
+        for i in range(depth, 0, -1):
+            out = feature_channels if i == 1 else widths[i - 1]
+            self.reduce.append(nn.Conv2d(widths[i], widths[i - 1], 1))
+            self.decoder.append(_block(2 * widths[i - 1], out))
+        self.head = nn.Conv2d(feature_channels if depth > 0 else widths[0], n_classes, 1)
+
+    def arch(self) -> dict[str, int]:
+        """Return the architecture parameters (JSON-ready)."""
+        return {"n_classes": self.n_classes, "base_channels": self.base_channels,
+                "depth": self.depth, "feature_channels": self.feature_channels}
+
+    def _check(self, x: torch.Tensor) -> None:
+        if x.ndim != 4 or x.shape[1] != 3:
+            raise ValueError(f"UNet input must have shape (B, 3, H, W), got {tuple(x.shape)}")
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """Return the feature map (B, feature_channels, H, W), float, >= 0 (after ReLU), of
+        images `x` (B, 3, H, W) float RGB in [0, 1] (rows top to bottom)."""
+        self._check(x)
+        h, w = x.shape[-2:]
+        m = 2 ** self.depth
+        ph, pw = (-h) % m, (-w) % m
+        y = F.pad(x, (0, pw, 0, ph), mode="replicate") if ph or pw else x
+        y = (y - 0.5) / 0.25  # roughly zero-mean, unit-variance input
+        skips = []
+        for i, enc in enumerate(self.encoder):
+            y = enc(y if i == 0 else F.max_pool2d(y, 2))
+            skips.append(y)
+        for j, (red, dec) in enumerate(zip(self.reduce, self.decoder)):
+            skip = skips[self.depth - 1 - j]
+            y = F.interpolate(red(y), size=skip.shape[-2:], mode="bilinear", align_corners=False)
+            y = dec(torch.cat([y, skip], dim=1))
+        return y[..., :h, :w]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Return logits (B, n_classes, H, W) of images `x` (B, 3, H, W) float in [0, 1]."""
+        return self.head(self.features(x))
+
+
+def unet_from_config(config: UNetConfig, n_classes: int) -> UNet:
+    """Return an untrained UNet with the architecture of `config`."""
+    return UNet(n_classes, config.base_channels, config.depth, config.feature_channels)
+
+
+def save_checkpoint(path: Path, model: UNet, meta: dict[str, Any],
+                    optimizer: dict | None = None, scheduler: dict | None = None,
+                    step: int = 0) -> Path:
+    """Write the checkpoint to `path` atomically; return `path`.
+
+    Content (all loadable with `weights_only=True`): format/version strings, `meta_json` (the
+    JSON of `meta` plus the architecture), `model` state dict, `optimizer` and `scheduler`
+    state dicts (or None) and the training `step`.
+    """
+    from regtool.io import write_atomic
+
+    meta = {**meta, "arch": model.arch(), "step": step}
+    blob = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION,
+            "meta_json": json.dumps(meta), "model": model.state_dict(),
+            "optimizer": optimizer, "scheduler": scheduler, "step": step}
+    return write_atomic(Path(path), lambda tmp: torch.save(blob, tmp))
+
+
+def read_checkpoint(path: Path) -> dict[str, Any]:
+    """Return the raw checkpoint dict (tensors on CPU) with `meta` parsed from its JSON;
+    ArtifactError (one line) if it is missing, not a torch file, unsafe to load or not a
+    regtool U-Net checkpoint."""
+    path = Path(path)
+    if not path.is_file():
+        raise ArtifactError(f"U-Net checkpoint not found: {path}")
+    try:
+        with warnings.catch_warnings():  # a foreign file may warn before failing
+            warnings.simplefilter("ignore")
+            blob = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types (pickle, zip, unsafe global...)
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+        raise ArtifactError(f"{path} is not a readable U-Net checkpoint ({first})") from None
+    if not isinstance(blob, dict) or blob.get("format") != CHECKPOINT_FORMAT:
+        raise ArtifactError(f"{path} is not a regtool U-Net checkpoint "
+                            f"(format != '{CHECKPOINT_FORMAT}')")
+    if blob.get("version") != CHECKPOINT_VERSION:
+        raise ArtifactError(f"{path}: unsupported U-Net checkpoint version "
+                            f"{blob.get('version')!r}")
+    try:
+        meta = json.loads(blob["meta_json"])
+        arch = meta["arch"]
+        _ = [int(arch[k]) for k in ("n_classes", *ARCH_KEYS)]
+    except (KeyError, TypeError, ValueError, json.JSONDecodeError):
+        raise ArtifactError(f"{path}: U-Net checkpoint metadata is missing or malformed") \
+            from None
+    if not isinstance(blob.get("model"), dict):
+        raise ArtifactError(f"{path}: U-Net checkpoint holds no model weights")
+    blob["meta"] = meta
+    return blob
+
+
+def model_from_checkpoint(blob: dict[str, Any], source: str = "checkpoint") -> UNet:
+    """Return the UNet described by a checkpoint dict from `read_checkpoint`, weights loaded;
+    ArtifactError if the weights do not fit the stored architecture."""
+    arch = blob["meta"]["arch"]
+    try:
+        model = UNet(int(arch["n_classes"]), int(arch["base_channels"]), int(arch["depth"]),
+                     int(arch["feature_channels"]))
+        model.load_state_dict(blob["model"], strict=True)
+    except (RuntimeError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0][:160]
+        raise ArtifactError(f"{source}: weights do not match the U-Net architecture "
+                            f"{arch} ({first})") from None
+    return model
+
+
+def load_unet(path: Path, device: torch.device | str = "cpu",
+              expect: UNetConfig | None = None) -> tuple[UNet, dict[str, Any]]:
+    """Return `(model, meta)`: the trained U-Net in eval mode on `device` and its metadata
+    (`categories`, `image_size` [W, H], `config`, `metrics`, `arch`, `step`, ...).
+
+    ArtifactError (one line) if the file is missing, corrupted, foreign, or — when `expect`
+    is given — its architecture differs from `expect` (base_channels, depth,
+    feature_channels).
+    """
+    blob = read_checkpoint(path)
+    meta = blob["meta"]
+    if expect is not None:
+        want = {k: getattr(expect, k) for k in ARCH_KEYS}
+        have = {k: meta["arch"][k] for k in ARCH_KEYS}
+        if want != have:
+            raise ArtifactError(f"{path}: U-Net architecture {have} differs from the "
+                                f"configured {want}")
+    model = model_from_checkpoint(blob, str(path)).to(device)
+    model.eval()
+    return model, meta
+
+
+def config_to_json(config: UNetConfig) -> dict[str, Any]:
+    """Return the config as a JSON-ready dict."""
+    return dataclasses.asdict(config)
