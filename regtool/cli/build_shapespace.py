@@ -1,0 +1,73 @@
+"""`regtool build-shapespace` and `regtool inspect-shapespace`."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from regtool.cli.app import (ConfigOption, app, command_config, console, options, progress_bar,
+                             reported_errors)
+
+
+@app.command("build-shapespace")
+def build_shapespace_command(
+    ctx: typer.Context,
+    dataset: Path = typer.Option(..., "--dataset", "-d", help="Dataset folder (with manifest)."),
+    category: str = typer.Option(..., "--category", help="Category to build, e.g. bottle."),
+    out: Optional[Path] = typer.Option(
+        None, "--out", "-o", help="Output .npz (default runs/<category>/shapespace.npz); the "
+        ".json report is written next to it."),
+    latent_dim: Optional[int] = typer.Option(None, "--latent-dim", help="Latent dimensions."),
+    config: Optional[Path] = ConfigOption,
+) -> None:
+    """Learn a category's latent shape space: CPD canonical -> each training mesh, PCA over
+    the displacement fields; writes the .npz artifact and a .json report."""
+    from regtool.device import resolve_device
+    from regtool.shapespace.build import build_from_category, load_training_data
+
+    with reported_errors(ctx):
+        cfg = command_config(config, {"shapespace": {"latent_dim": latent_dim}}).shapespace
+        opts = options(ctx)
+        out_path = out if out is not None else Path("runs") / category / "shapespace.npz"
+        if out_path.suffix != ".npz":
+            out_path = out_path.with_suffix(".npz")
+        t0 = time.perf_counter()
+        data = load_training_data(dataset, category)
+        t_load = time.perf_counter() - t0
+        with progress_bar(f"CPD {category}", len(data.train)) as advance:
+            space, report = build_from_category(data, cfg, opts.seed, resolve_device(opts.device),
+                                                progress=lambda name: advance(1, name))
+        report["dataset"] = str(dataset)
+        report["timings"]["load_s"] = round(t_load, 3)
+        path = space.save(out_path, report)
+        s = report["summary"]
+        u = report["units"]
+        console.print(f"{category}: latent dim {space.latent_dim}, explained variance ratio "
+                      f"{sum(report['explained_variance_ratio']):.3f}")
+        console.print(f"mean distance to canonical {s['mean_canonical_error']:.5f} {u}, "
+                      f"to CPD result {s['mean_cpd_residual']:.5f} {u}, to latent "
+                      f"reconstruction {s['mean_latent_error']:.5f} {u} "
+                      f"({100 * s['latent_vs_canonical_reduction']:.1f}% lower than canonical)")
+        console.print(f"shape space written to [bold]{path}[/bold] "
+                      f"(report: {path.with_suffix('.json')})")
+
+
+@app.command("inspect-shapespace")
+def inspect_shapespace_command(
+    ctx: typer.Context,
+    path: Path = typer.Argument(..., help="Shape space .npz file."),
+) -> None:
+    """Load a shape space artifact, check it, and print its summary."""
+    from regtool.shapespace.space import ShapeSpace
+
+    with reported_errors(ctx):
+        space = ShapeSpace.load(path)
+        console.print(f"{path}: category {space.category}, units {space.units}, "
+                      f"{space.num_vertices} vertices, {len(space.faces)} faces, latent dim "
+                      f"{space.latent_dim} ({space.basis_kind}), "
+                      f"{len(space.train_names)} training instances")
+        ratio = ", ".join(f"{r:.3f}" for r in space.explained_variance_ratio)
+        console.print(f"explained variance ratio: {ratio}")
