@@ -104,12 +104,14 @@ class RegisterConfig:
     """`regtool register`: the render-and-compare optimisation (StilllebenDR, Sec. 3.3)."""
 
     iterations: int = _f(30, 1, 100_000)
-    learning_rate: float = _f(0.05, 1e-8, 1e4)
+    learning_rate: float = _f(0.1, 1e-8, 1e4)
     pose_learning_rate: float = _f(0.02, 1e-8, 1e4)
     momentum: float = _f(0.9, 0.0, 1.0)
     lr_decay: float = _f(0.95, 0.0, 1.0)
     pose_every: int = _f(3, 1, 1000)
-    plateau_patience: int = _f(5, 1, 100_000)
+    pose_warmup: int = _f(10, 0, 100_000)  # pose-only iterations before joint updates
+    latent_bound: float = _f(3.0, 0.1, 100.0)  # |z_j| / sqrt(explained variance_j) at most
+    plateau_patience: int = _f(8, 1, 100_000)
     plateau_tolerance: float = _f(1e-4, 0.0, 1.0)
     loss: str = _f("features", choices=("features", "rgb", "mask"))
     start: str = _f("canonical", choices=("canonical", "mean"))

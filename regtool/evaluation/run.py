@@ -37,10 +37,13 @@ class InstanceJob:
     threads: int
 
 
-def observation_camera(config: Config) -> CameraIntrinsics:
-    """Return the evaluation camera (render section: size and vertical field of view)."""
-    return CameraIntrinsics.from_fov(config.render.width, config.render.height,
-                                     config.render.fov_y_deg)
+def observation_camera(config: Config, image_size: tuple[int, int] | None = None
+                       ) -> CameraIntrinsics:
+    """Return the evaluation camera: `image_size` (W, H) — the U-Net's training size, so the
+    object appears at the scale the network learned — or the render section's size, with the
+    render section's vertical field of view."""
+    width, height = image_size or (config.render.width, config.render.height)
+    return CameraIntrinsics.from_fov(int(width), int(height), config.render.fov_y_deg)
 
 
 def known_pose(rng: np.random.Generator, distance: float) -> Pose:
@@ -84,7 +87,7 @@ def evaluate_instance(job: InstanceJob) -> dict:
     cfg = job.config
     data = load_category(Path(job.dataset_root), job.category)
     test = data.test[job.instance_index]
-    space, unet, _ = load_models(Path(job.shapespace_path), Path(job.unet_path), device)
+    space, unet, unet_meta = load_models(Path(job.shapespace_path), Path(job.unet_path), device)
     scale = {"m": 1.0, "cm": 0.01, "mm": 0.001}[data.units]  # dataset units -> metres
     rng = np.random.default_rng([job.seed, job.instance_index,
                                  sum(map(ord, job.category))])
@@ -113,7 +116,7 @@ def evaluate_instance(job: InstanceJob) -> dict:
     timings["references_3d"] = time.perf_counter() - t0
 
     # The observation: photo-like rendering at a seeded known pose.
-    camera = observation_camera(cfg)
+    camera = observation_camera(cfg, unet_meta.get("image_size"))
     pose_metres = known_pose(rng, cfg.render.distance)
     vertices_m = np.asarray(test.mesh.vertices) * scale
     background = random_background(rng, camera.height, camera.width)

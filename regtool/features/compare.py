@@ -19,9 +19,15 @@ KINDS = ("features", "rgb", "mask")
 
 def normalise_channels(features: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
     """Return features (B, C, H, W) with every channel of every image mapped linearly to
-    [-1, 1] by its own min and max over H, W (a constant channel becomes -1)."""
-    lo = features.amin(dim=(2, 3), keepdim=True)
-    hi = features.amax(dim=(2, 3), keepdim=True)
+    [-1, 1] by its own min and max over H, W (a constant channel becomes -1).
+
+    The min and max are treated as constants in the backward pass: their gradient would flow
+    to the two extreme pixels of each channel only, where the renderer's image-space gradient
+    (Sobel x projection Jacobian) does not describe how the image changes; with it the shape
+    gradient pointed against finite differences of the loss (cosine about -0.95 on the
+    built-in bottle at 320x240), without it along them (0.7-0.97)."""
+    lo = features.amin(dim=(2, 3), keepdim=True).detach()
+    hi = features.amax(dim=(2, 3), keepdim=True).detach()
     return 2.0 * (features - lo) / (hi - lo).clamp_min(eps) - 1.0
 
 

@@ -13,8 +13,11 @@ image, restricted to the dilated object region). The loss has no natural scale, 
 parameter group's gradients are multiplied by one constant, the inverse norm of its first
 gradient: a learning rate is then the length of the first step (in standard deviations for the
 shape, radians / object radii for the pose). SGD with momentum and exponential LR decay;
-the pose is updated once every `pose_every` shape updates; stop at `iterations`, on a plateau,
-or on divergence (NaN or loss > 10x the first), keeping the best state seen.
+the pose is updated once every `pose_every` shape updates, after `pose_warmup` pose-only
+iterations that first align the canonical (a shape optimised against a misaligned pose absorbs
+the misalignment); the whitened code stays within +/-`latent_bound` standard deviations. Stop
+at `iterations`, on a plateau, or on divergence (NaN or loss > 10x the first), keeping the best
+state seen.
 """
 
 from __future__ import annotations
@@ -161,9 +164,12 @@ def register(space, faces: np.ndarray, observations: list[Observation], loss_fn:
     # rates are the lengths of the first steps (standard deviations; radians and object radii).
     grad_scale: dict[str, float | None] = {"shape": None, "pose": None}
 
-    for it in range(config.iterations + 1):
+    warmup = config.pose_warmup if config.joint else 0
+    for it in range(warmup + config.iterations + 1):
         t_it = time.perf_counter()
-        pose_step = config.joint and (it % config.pose_every == config.pose_every - 1)
+        in_warmup = it < warmup
+        pose_step = config.joint and (in_warmup or
+                                      (it - warmup) % config.pose_every == config.pose_every - 1)
         shape_opt.zero_grad(set_to_none=True)
         if pose_opt is not None:
             pose_opt.zero_grad(set_to_none=True)
@@ -186,8 +192,8 @@ def register(space, faces: np.ndarray, observations: list[Observation], loss_fn:
                                      and loss > 10.0 * initial_loss):
             stop_reason = "diverged"
             break
-        if loss < best["loss"] * (1.0 - config.plateau_tolerance):
-            since_best = 0
+        if loss < best["loss"] * (1.0 - config.plateau_tolerance) or it == warmup:
+            since_best = 0  # the plateau count starts again when shape updates start
         else:
             since_best += 1
         if loss < best["loss"]:
@@ -197,9 +203,9 @@ def register(space, faces: np.ndarray, observations: list[Observation], loss_fn:
         history.append(IterationRecord(it, loss, lr, pose_step, time.perf_counter() - t_it))
         if callback:
             callback(history[-1])
-        if it == config.iterations:
+        if it == warmup + config.iterations:
             break  # the last pass only evaluates the final state
-        if since_best >= config.plateau_patience:
+        if since_best >= config.plateau_patience and not in_warmup:
             stop_reason = "plateau"
             break
         t0 = time.perf_counter()
@@ -209,11 +215,14 @@ def register(space, faces: np.ndarray, observations: list[Observation], loss_fn:
         if u.grad is None or not torch.isfinite(u.grad).all():
             stop_reason = "diverged"
             break
-        if grad_scale["shape"] is None:
-            grad_scale["shape"] = _inverse_norm(u.grad)
-        u.grad.mul_(grad_scale["shape"])
-        shape_opt.step()
-        shape_sched.step()
+        if not in_warmup:
+            if grad_scale["shape"] is None:
+                grad_scale["shape"] = _inverse_norm(u.grad)
+            u.grad.mul_(grad_scale["shape"])
+            shape_opt.step()
+            shape_sched.step()
+            with torch.no_grad():  # stay within the training distribution of shapes
+                u.clamp_(-config.latent_bound, config.latent_bound)
         if pose_opt is not None and pose_step and delta.grad is not None:
             delta.grad.mul_(axis_mask)
             if grad_scale["pose"] is None:
