@@ -88,8 +88,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("bench_results"))
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=1,
-                        help="torch threads (0: torch default; 1 by default because two
-                        threads on a shared 2-core CPU stall badly)")
+                        help="torch threads (0: torch default; 1 by default because two "
+                             "threads on a shared 2-core CPU stall badly)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -11,18 +11,9 @@ from typer.testing import CliRunner
 
 from regtool import __version__
 from regtool.cli import app
+from clitools import one_line_error
 
 runner = CliRunner()
-
-
-def one_line_error(result, *fragments):
-    assert result.exit_code == 2, result.output
-    lines = [ln for ln in result.output.splitlines() if ln.strip()]
-    assert len(lines) == 1, result.output
-    assert lines[0].startswith("error: ")
-    assert "Traceback" not in result.output
-    for f in fragments:
-        assert f in lines[0], lines[0]
 
 
 def test_version_and_help():

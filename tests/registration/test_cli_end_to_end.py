@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 
 from regtool.cli import app
 from regtool.config import config_to_dict
+from clitools import one_line_error
 
 pytestmark = pytest.mark.gl
 runner = CliRunner()
@@ -74,14 +75,6 @@ def test_register_writes_all_outputs(bottle_artifacts, observation, tmp_path, re
     space = ShapeSpace.load(bottle_artifacts["shapespace"])
     assert np.array_equal(np.asarray(mesh.faces), space.faces)  # same vertex order and faces
     assert np.allclose(mesh.vertices, space.deform_numpy(record["z"]), atol=1e-5)
-
-
-def one_line_error(result, *fragments):
-    assert result.exit_code == 2, result.output
-    lines = [ln for ln in result.output.splitlines() if ln.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.output
-    for f in fragments:
-        assert f in lines[0], lines[0]
 
 
 def test_register_bad_inputs(bottle_artifacts, observation, tmp_path, dataset_dir,

@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 
 from regtool.cli import app
 from regtool.io import sha256_file
+from clitools import one_line_error
 
 runner = CliRunner()
 
@@ -21,15 +22,6 @@ target_points = 600
 max_iterations = 60
 report_points = 600
 """
-
-
-def one_line_error(result, *fragments):
-    assert result.exit_code == 2, result.output
-    lines = [ln for ln in result.output.splitlines() if ln.strip()]
-    assert len(lines) == 1, result.output
-    assert lines[0].startswith("error: ") and "Traceback" not in result.output
-    for f in fragments:
-        assert f in lines[0], lines[0]
 
 
 @pytest.fixture(scope="module")
