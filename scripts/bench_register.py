@@ -2,8 +2,9 @@
 """Benchmark one registration (known pose and joint) at the quick and default profiles.
 
 For each profile: build a shape space of the category (or load --shapespace), take the U-Net
-architecture of the profile (trained weights from --unet when given; timings do not depend on
-the weights, so an untrained network of the same architecture is used otherwise), render an
+architecture of the profile (the trained weights of --unet when its architecture is the
+profile's; timings do not depend on the weights, so an untrained network of the same
+architecture is used otherwise), render an
 observation of a test instance and register it. Reports the wall time per registration split
 into render (forward), features (U-Net + loss), backward (autograd incl. the renderer's
 backward) and optimiser, the seconds per iteration, and as the reference measured in the same
@@ -47,7 +48,12 @@ def main() -> None:
     ap.add_argument("--unet", type=Path, default=None)
     ap.add_argument("--out", type=Path, default=Path("bench_results"))
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch threads (0: torch default; 1 by default: on a shared 2-core "
+                         "CPU two threads stall each other)")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     torch.manual_seed(0)
 
     tmp = Path(tempfile.mkdtemp(prefix="bench_register_"))
@@ -67,10 +73,13 @@ def main() -> None:
                                             plateau_patience=10 ** 6))  # run every iteration
         space, _ = build_shapespace(dataset, args.category, load_config(
             ROOT / "configs" / "quick.toml").shapespace, seed=0)
+        unet = unet_from_config(cfg.unet, n_classes=2).eval()
+        trained = False
         if args.unet is not None:
-            unet, _ = load_unet(args.unet)
-        else:
-            unet = unet_from_config(cfg.unet, n_classes=2).eval()
+            loaded, _ = load_unet(args.unet)
+            if all(loaded.arch()[k] == unet.arch()[k]
+                   for k in ("base_channels", "depth", "feature_channels")):
+                unet, trained = loaded, True
         camera = observation_camera(cfg)
         rng = np.random.default_rng(0)
         pose = known_pose(rng, cfg.render.distance)
@@ -104,12 +113,11 @@ def main() -> None:
                          "reference_pyrender_forward_s": reference,
                          "ratio_to_reference": total / reference,
                          "faces": int(len(space.faces)),
-                         "unet": {"base_channels": cfg.unet.base_channels,
-                                  "depth": cfg.unet.depth,
-                                  "feature_channels": cfg.unet.feature_channels}})
+                         "unet": unet.arch(), "unet_trained": trained})
             print(json.dumps(rows[-1]))
     args.out.mkdir(parents=True, exist_ok=True)
     env = {"machine": platform.machine(), "processor": platform.processor(),
+           "unet_checkpoint": str(args.unet) if args.unet else None,
            "torch": torch.__version__, "threads": torch.get_num_threads()}
     (args.out / "register.json").write_text(json.dumps({"environment": env, "rows": rows},
                                                        indent=2) + "\n")
