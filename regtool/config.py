@@ -105,13 +105,13 @@ class RegisterConfig:
 
     iterations: int = _f(30, 1, 100_000)
     learning_rate: float = _f(0.1, 1e-8, 1e4)
-    pose_learning_rate: float = _f(0.02, 1e-8, 1e4)
+    pose_learning_rate: float = _f(0.05, 1e-8, 1e4)
     momentum: float = _f(0.9, 0.0, 1.0)
     lr_decay: float = _f(0.95, 0.0, 1.0)
     pose_every: int = _f(3, 1, 1000)
     pose_warmup: int = _f(10, 0, 100_000)  # pose-only iterations before joint updates
     latent_bound: float = _f(3.0, 0.1, 100.0)  # |z_j| / sqrt(explained variance_j) at most
-    plateau_patience: int = _f(8, 1, 100_000)
+    plateau_patience: int = _f(15, 1, 100_000)
     plateau_tolerance: float = _f(1e-4, 0.0, 1.0)
     loss: str = _f("features", choices=("features", "rgb", "mask"))
     start: str = _f("canonical", choices=("canonical", "mean"))
@@ -119,6 +119,8 @@ class RegisterConfig:
     pose_axes: tuple[str, ...] = _f(("rx", "ry", "rz", "tx", "ty"),
                                     choices=("rx", "ry", "rz", "tx", "ty", "tz"))
     mask_dilation: int = _f(8, 0, 256)  # pixels added around the U-Net's object region
+    supersample: int = _f(3, 1, 8)  # render at N x the image size, average down (anti-aliasing)
+    centre_start: bool = _f(True)  # joint mode: first centre the silhouette on the object region
     gif: bool = _f(True)
 
 

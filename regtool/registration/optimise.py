@@ -6,16 +6,19 @@ Parameters, all explicit:
   suits every component (a unit step is one standard deviation of the training set).
 * `pose_delta` (6,): axis-angle (radians) and translation divided by the object radius (so the
   pose learning rate is in "object sizes"), an increment applied in the first view's camera
-  frame about the object origin: X' = T0^-1(Exp(r) (T0 X) + t * radius); view i sees T_i X'.
+  frame about the object origin: X' = T0^-1(Exp(r) R0 X + t0 + t * radius); view i sees T_i X'.
 
 Forward: ShapeSpace.deform(z) -> pose -> diff_render -> loss (FeatureLoss against the observed
 image, restricted to the dilated object region). The loss has no natural scale, so each
-parameter group's gradients are multiplied by one constant, the inverse norm of its first
-gradient: a learning rate is then the length of the first step (in standard deviations for the
-shape, radians / object radii for the pose). SGD with momentum and exponential LR decay;
-the pose is updated once every `pose_every` shape updates, after `pose_warmup` pose-only
-iterations that first align the canonical (a shape optimised against a misaligned pose absorbs
-the misalignment); the whitened code stays within +/-`latent_bound` standard deviations. Stop
+parameter group's gradients are multiplied by the inverse norm of its first gradient, or by
+their own inverse norm where that is smaller: a learning rate is then the length of the first
+step and a bound on every later gradient step (in standard deviations for the shape, radians /
+object radii for the pose). SGD with momentum and exponential LR decay; in joint mode the
+x/y translation first moves the bounding box of the rendered silhouette onto that of the
+object region (`centre_start`), then `pose_warmup` pose-only iterations align the canonical (a
+shape optimised against a misaligned pose absorbs the misalignment) and the shape updates start
+from the best pose of the warm-up; after it the pose is updated once every `pose_every` shape
+updates; the whitened code stays within +/-`latent_bound` standard deviations. Stop
 at `iterations`, on a plateau, or on divergence (NaN or loss > 10x the first), keeping the best
 state seen.
 """
@@ -89,7 +92,7 @@ def posed_vertices(vertices: torch.Tensor, poses: list[Pose], delta: torch.Tenso
     r0 = torch.as_tensor(poses[0].rotation, dtype=dtype, device=device)
     t0 = torch.as_tensor(poses[0].translation, dtype=dtype, device=device)
     dr, dt = pose_increment_matrix(delta.to(dtype), radius)
-    cam0 = (vertices @ r0.T + t0) @ dr.T + dt
+    cam0 = (vertices @ r0.T) @ dr.T + t0 + dt  # rotation about the object origin
     out = [cam0]
     if len(poses) > 1:
         obj = (cam0 - t0) @ r0  # back into the object frame
@@ -105,8 +108,10 @@ def apply_increment(poses: list[Pose], delta: np.ndarray, radius: float) -> list
     dr = axis_angle_to_matrix(torch.as_tensor(delta[:3], dtype=torch.float64)).numpy()
     dt = np.asarray(delta[3:], float) * radius
     r0, t0 = poses[0].rotation, poses[0].translation
-    # New object -> camera-0 transform: x -> dr (r0 x + t0) + dt.
-    new0 = Pose(dr @ r0, dr @ t0 + dt)
+    # New object -> camera-0 transform: x -> dr r0 x + t0 + dt (rotation about the object
+    # origin, as Pose.compose: a rotation about the camera centre would also swing the object
+    # across the image, coupling the rotation and translation updates).
+    new0 = Pose(dr @ r0, t0 + dt)
     out = [new0]
     for p in poses[1:]:
         # object' -> object: x -> r0^T (new0(x) - t0); then the view's own transform.
@@ -160,14 +165,28 @@ def register(space, faces: np.ndarray, observations: list[Observation], loss_fn:
     initial_loss = float("nan")
     stop_reason = "iterations"
     since_best = 0
-    # The loss is scaled once, by the inverse norm of its first gradient, so that the learning
-    # rates are the lengths of the first steps (standard deviations; radians and object radii).
+    # The gradients are scaled by the inverse norm of the first gradient, so that the learning
+    # rates are the lengths of the first steps (standard deviations; radians and object radii),
+    # or by their own inverse norm where that is smaller: no later (momentum-free) step is longer
+    # than the learning rate, even where the first gradient happened to be small (the loss of a
+    # rasterised image is rugged).
     grad_scale: dict[str, float | None] = {"shape": None, "pose": None}
 
+    if config.joint and config.centre_start:
+        with torch.no_grad():
+            delta[3:5] = torch.as_tensor(
+                _centre_shift(space.deform(u * std) * unit, poses, observations[0], render_fn,
+                              radius), dtype=delta.dtype, device=device) * axis_mask[3:5]
     warmup = config.pose_warmup if config.joint else 0
     for it in range(warmup + config.iterations + 1):
         t_it = time.perf_counter()
         in_warmup = it < warmup
+        if warmup > 0 and it == warmup and pose_opt is not None:
+            # The shape updates start from the best pose of the warm-up, not from wherever the
+            # pose momentum carried it last (the pose loss is rugged; SGD overshoots).
+            with torch.no_grad():
+                delta.copy_(best["delta"])
+            pose_opt.state.clear()
         pose_step = config.joint and (in_warmup or
                                       (it - warmup) % config.pose_every == config.pose_every - 1)
         shape_opt.zero_grad(set_to_none=True)
@@ -218,7 +237,7 @@ def register(space, faces: np.ndarray, observations: list[Observation], loss_fn:
         if not in_warmup:
             if grad_scale["shape"] is None:
                 grad_scale["shape"] = _inverse_norm(u.grad)
-            u.grad.mul_(grad_scale["shape"])
+            u.grad.mul_(min(grad_scale["shape"], _inverse_norm(u.grad)))
             shape_opt.step()
             shape_sched.step()
             with torch.no_grad():  # stay within the training distribution of shapes
@@ -227,7 +246,7 @@ def register(space, faces: np.ndarray, observations: list[Observation], loss_fn:
             delta.grad.mul_(axis_mask)
             if grad_scale["pose"] is None:
                 grad_scale["pose"] = _inverse_norm(delta.grad)
-            delta.grad.mul_(grad_scale["pose"])
+            delta.grad.mul_(min(grad_scale["pose"], _inverse_norm(delta.grad)))
             pose_opt.step()
             pose_sched.step()
         timings["optimiser"] += time.perf_counter() - t0
@@ -247,6 +266,32 @@ def register(space, faces: np.ndarray, observations: list[Observation], loss_fn:
         frames=frames,
         final_images=[im.detach().cpu().permute(1, 2, 0)[..., :3].numpy() for im, _ in finals],
         final_masks=[m.detach().cpu().numpy().astype(bool) for _, m in finals])
+
+
+def _centre_shift(vertices: torch.Tensor, poses: list[Pose], observation: Observation,
+                  render_fn: Callable, radius: float) -> np.ndarray:
+    """Return the x/y translation increment (2,) in object radii that moves the bounding-box
+    centre of the rendering's silhouette (first view, initial pose) onto that of the
+    observation's object region (zero without a region or an empty silhouette). Bounding-box
+    centres, not centroids: the region is a dilated segmentation, and a square dilation moves
+    the box's sides symmetrically."""
+    if observation.region is None or not observation.region.any():
+        return np.zeros(2)
+    zero = torch.zeros(6, dtype=vertices.dtype, device=vertices.device)
+    cam = posed_vertices(vertices, poses[:1], zero, radius)[0]
+    _, mask = render_fn(cam.to(torch.float32), observation.camera)
+    mask = mask.detach().cpu().numpy().astype(bool)
+    if not mask.any():
+        return np.zeros(2)
+
+    def centre(m: np.ndarray) -> np.ndarray:
+        rows, cols = np.nonzero(m.any(axis=1))[0], np.nonzero(m.any(axis=0))[0]
+        return np.array([(cols[0] + cols[-1]) / 2.0, (rows[0] + rows[-1]) / 2.0])
+
+    du, dv = centre(observation.region) - centre(mask)
+    depth = float(poses[0].translation[2])
+    cam_k = observation.camera
+    return np.array([du * depth / cam_k.fx, dv * depth / cam_k.fy]) / radius
 
 
 def _inverse_norm(grad: torch.Tensor) -> float:
