@@ -93,3 +93,41 @@ def atomic_dir(path: Path, overwrite: bool = True) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+@contextlib.contextmanager
+def staged_output(out_dir: Path) -> Iterator[Path]:
+    """Yield a hidden staging folder inside `out_dir`; write files (flat, no sub-folders needed)
+    into it. On normal exit every staged entry is renamed into `out_dir` (replacing a file of
+    the same name); on an exception the staging folder is removed, nothing in `out_dir` changes,
+    and `out_dir` itself is removed again if this call created it and it is still empty.
+
+    OutputError if `out_dir` cannot be created or written; OSError raised inside the block
+    (disk full, permissions) becomes OutputError too.
+    """
+    out_dir = Path(out_dir)
+    created = not out_dir.exists()
+    ensure_writable_dir(out_dir)
+    try:
+        stage = Path(tempfile.mkdtemp(prefix=".staging.", suffix=".tmp", dir=out_dir))
+    except OSError as exc:
+        _remove_if_empty(out_dir, created)
+        raise OutputError(f"cannot write into {out_dir}: {exc.strerror or exc}") from None
+    try:
+        try:
+            yield stage
+            for entry in sorted(stage.iterdir()):
+                os.replace(entry, out_dir / entry.name)
+        except OSError as exc:
+            raise OutputError(f"cannot write into {out_dir}: {exc.strerror or exc}") from None
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        _remove_if_empty(out_dir, created)
+        raise
+    shutil.rmtree(stage, ignore_errors=True)
+
+
+def _remove_if_empty(path: Path, created: bool) -> None:
+    if created:
+        with contextlib.suppress(OSError):
+            path.rmdir()

@@ -40,7 +40,8 @@ from typing import Any
 
 import numpy as np
 
-from regtool.registration.result import json_bytes, staged_output, to_jsonable
+from regtool.io import staged_output
+from regtool.registration.result import json_bytes, to_jsonable
 
 
 @dataclass(frozen=True)

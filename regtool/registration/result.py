@@ -18,15 +18,11 @@ written (`staged_output`). Other files already in the output folder are left alo
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import math
-import os
 import platform
-import shutil
-import tempfile
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,10 +31,10 @@ import imageio.v3 as iio
 import numpy as np
 from scipy import ndimage
 
-from regtool.errors import OutputError, RegistrationError
+from regtool.errors import RegistrationError
 from regtool.geometry.camera import CameraIntrinsics, Pose
 from regtool.geometry.mesh import save_mesh, validate_mesh
-from regtool.io import ensure_writable_dir
+from regtool.io import staged_output
 
 OBSERVED_OUTLINE_RGB = (0, 255, 0)  # green: silhouette of the observed (segmented) object
 RENDERED_OUTLINE_RGB = (255, 0, 255)  # magenta: silhouette of the final rendering
@@ -48,46 +44,6 @@ MESH_OBJ = "deformed.obj"
 RESULT_JSON = "result.json"
 OVERLAY_PNG = "overlay.png"
 OPTIMISATION_GIF = "optimisation.gif"
-
-
-# --- atomic multi-file output ----------------------------------------------------------------
-
-@contextlib.contextmanager
-def staged_output(out_dir: Path) -> Iterator[Path]:
-    """Yield a hidden staging folder inside `out_dir`; write files (flat, no sub-folders needed)
-    into it. On normal exit every staged entry is renamed into `out_dir` (replacing a file of
-    the same name); on an exception the staging folder is removed, nothing in `out_dir` changes,
-    and `out_dir` itself is removed again if this call created it and it is still empty.
-
-    OutputError if `out_dir` cannot be created or written; OSError raised inside the block
-    (disk full, permissions) becomes OutputError too.
-    """
-    out_dir = Path(out_dir)
-    created = not out_dir.exists()
-    ensure_writable_dir(out_dir)
-    try:
-        stage = Path(tempfile.mkdtemp(prefix=".staging.", suffix=".tmp", dir=out_dir))
-    except OSError as exc:
-        _remove_if_empty(out_dir, created)
-        raise OutputError(f"cannot write into {out_dir}: {exc.strerror or exc}") from None
-    try:
-        try:
-            yield stage
-            for entry in sorted(stage.iterdir()):
-                os.replace(entry, out_dir / entry.name)
-        except OSError as exc:
-            raise OutputError(f"cannot write into {out_dir}: {exc.strerror or exc}") from None
-    except BaseException:
-        shutil.rmtree(stage, ignore_errors=True)
-        _remove_if_empty(out_dir, created)
-        raise
-    shutil.rmtree(stage, ignore_errors=True)
-
-
-def _remove_if_empty(path: Path, created: bool) -> None:
-    if created:
-        with contextlib.suppress(OSError):
-            path.rmdir()
 
 
 # --- JSON helpers ----------------------------------------------------------------------------
