@@ -15,6 +15,9 @@ from typing import Any
 
 from regtool.errors import OutputError
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
 
 def sha256_file(path: Path) -> str:
     """Return the hex sha256 of the file's bytes."""
@@ -53,6 +56,7 @@ def write_atomic(path: Path, writer: Callable[[Path], Any]) -> Path:
     tmp_path = Path(tmp)
     try:
         writer(tmp_path)
+        os.chmod(tmp_path, 0o666 & ~_UMASK)  # mkstemp creates 0600; give the usual mode
         os.replace(tmp_path, path)
     except BaseException:
         tmp_path.unlink(missing_ok=True)

@@ -98,7 +98,7 @@ def register_command(
         from regtool.render.context import get_context
 
         views = [ViewResult(observed=o.image, rendered=img, rendered_mask=m, pose=p,
-                            camera=o.camera, initial_pose=o.pose, observed_mask=o.region,
+                            camera=o.camera, initial_pose=o.pose, observed_mask=o.mask,
                             image_path=str(path))
                  for o, img, m, p, path in zip(observations, result.final_images,
                                                result.final_masks, result.poses, image)]

@@ -42,13 +42,14 @@ POSE_AXES = ("rx", "ry", "rz", "tx", "ty", "tz")
 @dataclass(frozen=True)
 class Observation:
     """One observed view: `image` (H, W, 3) float32 RGB in [0, 1], its camera, the initial
-    object -> camera pose, and the object region (H, W) bool where the loss is evaluated
-    (None: the whole image)."""
+    object -> camera pose, the object region (H, W) bool where the loss is evaluated (None: the
+    whole image) and the undilated object mask it was grown from."""
 
     image: np.ndarray
     camera: CameraIntrinsics
     pose: Pose
     region: np.ndarray | None = None
+    mask: np.ndarray | None = None  # the object mask before dilation (for display)
 
 
 @dataclass

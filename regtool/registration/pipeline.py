@@ -61,7 +61,8 @@ def make_observation(image: np.ndarray, camera: CameraIntrinsics, pose: Pose, fe
         mask = feature_loss.segment(image_tensor(image, feature_loss.device))[0].cpu().numpy()
         if not mask.any():
             raise RegistrationError("the U-Net finds no object in the image; give --mask")
-    return Observation(image=image, camera=camera, pose=pose, region=dilate(mask, dilation))
+    return Observation(image=image, camera=camera, pose=pose, region=dilate(mask, dilation),
+                       mask=mask)
 
 
 def run_registration(space, unet, observations: list[Observation], config: Config,
