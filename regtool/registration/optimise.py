@@ -15,7 +15,8 @@ their own inverse norm where that is smaller: a learning rate is then the length
 step and a bound on every later gradient step (in standard deviations for the shape, radians /
 object radii for the pose). SGD with momentum and exponential LR decay; in joint mode the
 x/y translation first moves the bounding box of the rendered silhouette onto that of the
-object region (`centre_start`), then `pose_warmup` pose-only iterations align the canonical (a
+object region (`centre_start`), the rotation starts from the best of a coarse grid of
++/-`pose_search_deg` about each allowed axis, then `pose_warmup` pose-only iterations align the canonical (a
 shape optimised against a misaligned pose absorbs the misalignment) and the shape updates start
 from the best pose of the warm-up; after it the pose is updated once every `pose_every` shape
 updates; the whitened code stays within +/-`latent_bound` standard deviations. Stop
@@ -178,6 +179,11 @@ def register(space, faces: np.ndarray, observations: list[Observation], loss_fn:
             delta[3:5] = torch.as_tensor(
                 _centre_shift(space.deform(u * std) * unit, poses, observations[0], render_fn,
                               radius), dtype=delta.dtype, device=device) * axis_mask[3:5]
+    if config.joint and config.pose_search_deg > 0:
+        with torch.no_grad():
+            delta.copy_(_rotation_search(space.deform(u * std) * unit, poses, observations,
+                                         loss_fn, render_fn, delta, radius, axis_mask,
+                                         config.pose_search_deg))
     warmup = config.pose_warmup if config.joint else 0
     for it in range(warmup + config.iterations + 1):
         t_it = time.perf_counter()
@@ -267,6 +273,31 @@ def register(space, faces: np.ndarray, observations: list[Observation], loss_fn:
         frames=frames,
         final_images=[im.detach().cpu().permute(1, 2, 0)[..., :3].numpy() for im, _ in finals],
         final_masks=[m.detach().cpu().numpy().astype(bool) for _, m in finals])
+
+
+def _rotation_search(vertices: torch.Tensor, poses: list[Pose], observations: list[Observation],
+                     loss_fn: Callable, render_fn: Callable, delta: torch.Tensor, radius: float,
+                     axis_mask: torch.Tensor, degrees: float) -> torch.Tensor:
+    """Return the pose increment (6,) with the lowest loss among `delta` and its rotations by
+    -`degrees`, 0, +`degrees` about every allowed rotation axis (3^k candidates, no gradients):
+    gradient steps recover a misalignment of a few degrees, not of 10-15."""
+    steps = [(-1.0, 0.0, 1.0) if float(axis_mask[i]) else (0.0,) for i in range(3)]
+    rad = np.radians(degrees)
+    best, best_loss = delta.clone(), float("inf")
+    for a in steps[0]:
+        for b in steps[1]:
+            for c in steps[2]:
+                cand = delta.clone()
+                cand[:3] += torch.as_tensor([a * rad, b * rad, c * rad], dtype=delta.dtype,
+                                            device=delta.device)
+                cams = posed_vertices(vertices, poses, cand, radius)
+                loss = 0.0
+                for i, (v_cam, obs) in enumerate(zip(cams, observations)):
+                    image, _ = render_fn(v_cam.to(torch.float32), obs.camera)
+                    loss += float(loss_fn(image[None, :3], i))
+                if loss < best_loss:
+                    best, best_loss = cand, loss
+    return best
 
 
 def _centre_shift(vertices: torch.Tensor, poses: list[Pose], observation: Observation,

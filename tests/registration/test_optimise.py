@@ -108,3 +108,17 @@ def test_pose_increment_is_consistent_across_views():
     for cam_v, p in zip(moved, new_poses):
         expected = vertices.numpy() @ p.rotation.T + p.translation
         assert np.allclose(cam_v.numpy(), expected, atol=1e-12)
+
+
+def test_rotation_search_finds_a_coarse_misalignment(space):
+    from regtool.registration.optimise import _rotation_search
+
+    pose = Pose.look_at(0.45, azimuth_deg=30.0, elevation_deg=15.0)
+    obs, loss_fn, render_fn = _rgb_setup(space, space.canonical_code, pose)
+    start = pose.compose(np.array([0.0, 0.0, np.radians(-12.0)]), np.zeros(3))
+    obs = replace(obs, pose=start)
+    vertices = space.deform(torch.as_tensor(space.canonical_code))
+    mask = torch.ones(6, dtype=torch.float64)
+    found = _rotation_search(vertices, [start], [obs], loss_fn, render_fn,
+                             torch.zeros(6, dtype=torch.float64), 0.1, mask, 12.0)
+    assert np.allclose(found.numpy(), [0, 0, np.radians(12.0), 0, 0, 0], atol=1e-12)
