@@ -11,16 +11,7 @@ from __future__ import annotations
 import numpy as np
 from scipy.spatial import cKDTree
 
-from regtool.errors import MeshError
-
-
-def _as_points(points: np.ndarray, name: str) -> np.ndarray:
-    arr = np.asarray(points, dtype=np.float64)
-    if arr.ndim != 2 or arr.shape[1] != 3 or len(arr) == 0:
-        raise MeshError(f"{name}: expected shape (N>0, 3), got {arr.shape}")
-    if not np.isfinite(arr).all():
-        raise MeshError(f"{name}: NaN or infinite coordinates")
-    return arr
+from regtool.geometry.mesh import validate_points
 
 
 def point_to_mesh_vertex_distances(points: np.ndarray, vertices: np.ndarray) -> np.ndarray:
@@ -29,8 +20,8 @@ def point_to_mesh_vertex_distances(points: np.ndarray, vertices: np.ndarray) -> 
 
     MeshError if either array is empty, mis-shaped or non-finite.
     """
-    pts = _as_points(points, "evaluation points")
-    verts = _as_points(vertices, "mesh vertices")
+    pts = validate_points(points, "evaluation points")
+    verts = validate_points(vertices, "mesh vertices")
     distances, _ = cKDTree(verts).query(pts, k=1)
     return np.asarray(distances, dtype=np.float64)
 

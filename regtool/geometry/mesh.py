@@ -84,12 +84,18 @@ def load_points(path: Path) -> np.ndarray:
             pts = np.loadtxt(path, ndmin=2)[:, :3]
     except Exception as exc:
         raise MeshError(f"cannot read points {path}: {exc}") from None
-    pts = np.asarray(pts, dtype=np.float64)
-    if pts.ndim != 2 or pts.shape[1] != 3 or len(pts) == 0:
-        raise MeshError(f"points {path}: expected shape (N>0, 3), got {pts.shape}")
-    if not np.isfinite(pts).all():
-        raise MeshError(f"points {path}: NaN or infinite coordinates")
-    return pts
+    return validate_points(pts, f"points {path}")
+
+
+def validate_points(points, name: str = "points") -> np.ndarray:
+    """Return `points` as an (N, 3) float64 array; MeshError naming `name` if it is empty,
+    mis-shaped or non-finite."""
+    arr = np.asarray(points, dtype=np.float64)
+    if arr.ndim != 2 or arr.shape[1] != 3 or len(arr) == 0:
+        raise MeshError(f"{name}: expected shape (N>0, 3), got {arr.shape}")
+    if not np.isfinite(arr).all():
+        raise MeshError(f"{name}: NaN or infinite coordinates")
+    return arr
 
 
 def _read_ascii_pcd(path: Path) -> np.ndarray:
