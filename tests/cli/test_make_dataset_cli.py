@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 
 import pytest
 from typer.testing import CliRunner
@@ -12,6 +11,7 @@ from typer.testing import CliRunner
 from regtool import __version__
 from regtool.cli import app
 from clitools import one_line_error
+from datatools import copy_category
 
 runner = CliRunner()
 
@@ -111,11 +111,7 @@ def test_failure_midway_leaves_previous_output_intact(tmp_path, monkeypatch):
 
 
 def test_check_dataset_reports_mismatch(dataset_dir, tmp_path):
-    root = tmp_path / "ds"
-    shutil.copytree(dataset_dir / "spray", root / "spray")
-    data = json.loads((dataset_dir / "manifest.json").read_text())
-    data["categories"] = {"spray": data["categories"]["spray"]}
-    (root / "manifest.json").write_text(json.dumps(data))
+    root = copy_category(dataset_dir, tmp_path / "ds", "spray")
     (root / "spray" / "train" / "spray_train_00.ply").write_bytes(b"ply\nbroken")
     result = runner.invoke(app, ["check-dataset", str(root)])
     one_line_error(result, "sha256 mismatch for spray/train/spray_train_00.ply")

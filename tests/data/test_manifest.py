@@ -7,6 +7,7 @@ import shutil
 
 import pytest
 
+from datatools import copy_category
 from regtool.data.manifest import parse_manifest, read_manifest, verify_dataset
 from regtool.errors import DatasetError
 
@@ -14,12 +15,7 @@ from regtool.errors import DatasetError
 @pytest.fixture()
 def small_copy(dataset_dir, tmp_path):
     """A copy of the bottle category of the built-in dataset."""
-    root = tmp_path / "ds"
-    shutil.copytree(dataset_dir / "bottle", root / "bottle")
-    data = json.loads((dataset_dir / "manifest.json").read_text())
-    data["categories"] = {"bottle": data["categories"]["bottle"]}
-    (root / "manifest.json").write_text(json.dumps(data))
-    return root
+    return copy_category(dataset_dir, tmp_path / "ds", "bottle")
 
 
 def test_valid_copy_verifies(small_copy):
