@@ -32,3 +32,16 @@ def distance_stats(points: np.ndarray, vertices: np.ndarray) -> dict[str, float]
     d = point_to_mesh_vertex_distances(points, vertices)
     return {"mean": float(d.mean()), "std": float(d.std()), "median": float(np.median(d)),
             "max": float(d.max())}
+
+
+def pose_error(estimate, truth) -> dict[str, float]:
+    """Return {"rotation_deg", "translation"}: the angle (degrees) of the relative rotation
+    R_est R_true^T and the distance between the translations (the poses' units, metres for
+    `geometry.camera.Pose`) of two object -> camera poses (objects with `rotation` (3, 3) and
+    `translation` (3,)). For an object with a symmetry axis the rotation about it is counted
+    too, although no image can show it."""
+    r_est, r_true = np.asarray(estimate.rotation, float), np.asarray(truth.rotation, float)
+    cos = (np.trace(r_est @ r_true.T) - 1.0) / 2.0
+    return {"rotation_deg": float(np.degrees(np.arccos(np.clip(cos, -1.0, 1.0)))),
+            "translation": float(np.linalg.norm(np.asarray(estimate.translation, float)
+                                                - np.asarray(truth.translation, float)))}

@@ -115,6 +115,26 @@ def mean_over_draws(draws: Sequence[Mapping[str, float]]) -> dict[str, Any]:
             "spread": float(means.std()), "draws": [dict(d) for d in draws]}
 
 
+POSE_KEYS = ("start_rotation_deg", "rotation_deg", "start_translation_m", "translation_m")
+
+
+def pose_recovery(rows: Sequence[Mapping[str, Any]], method: str = "rgb_noisy"
+                  ) -> dict[str, dict[str, float]]:
+    """Return, per category and "all", the mean over the pose-noise draws of `method` of the
+    pose errors before and after registration (POSE_KEYS: degrees, metres) and the number of
+    draws "n"; draws without these keys are skipped, groups without any are left out."""
+    groups: dict[str, list[Mapping[str, Any]]] = {}
+    for row in rows:
+        value = row.get(method)
+        for draw in (value or {}).get("draws", []):
+            if all(k in draw for k in POSE_KEYS):
+                groups.setdefault(row["category"], []).append(draw)
+                groups.setdefault("all", []).append(draw)
+    order = [g for g in groups if g != "all"] + (["all"] if "all" in groups else [])
+    return {g: {**{k: float(np.mean([d[k] for d in groups[g]])) for k in POSE_KEYS},
+                "n": len(groups[g])} for g in order}
+
+
 def _check_rows(rows: Sequence[Mapping[str, Any]], columns: Sequence[Column]) -> None:
     if len(rows) == 0:
         raise ValueError("report: no rows")
@@ -218,6 +238,22 @@ def markdown_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[Column],
     return "\n".join(lines) + "\n"
 
 
+def _pose_markdown(recovery: Mapping[str, Mapping[str, float]]) -> list[str]:
+    if not recovery:
+        return []
+    lines = ["\nPose recovery under pose noise (RGB, joint mode; mean over the draws): error "
+             "of the start and of the final pose against the true pose.\n",
+             "| Group | Draws | Rotation start (deg) | Rotation final (deg) "
+             "| Translation start (mm) | Translation final (mm) |",
+             "| --- | ---: | ---: | ---: | ---: | ---: |"]
+    for group, v in recovery.items():
+        lines.append(f"| {group} | {v['n']} | {v['start_rotation_deg']:.1f} "
+                     f"| {v['rotation_deg']:.1f} | {1000 * v['start_translation_m']:.1f} "
+                     f"| {1000 * v['translation_m']:.1f} |")
+    lines.append("")
+    return lines
+
+
 def _markdown(rows, columns, summary, ratio_table, unit, scale, decimals, title) -> str:
     label = UNIT_LABEL.get(unit, unit)
     parts = [f"# {title}\n",
@@ -237,6 +273,7 @@ def _markdown(rows, columns, summary, ratio_table, unit, scale, decimals, title)
             cells = ["n/a" if per_group[g] is None else f"{per_group[g]:.2f}" for g in groups]
             parts.append(f"| {key} | " + " | ".join(cells) + " |")
         parts.append("")
+    parts.extend(_pose_markdown(pose_recovery(rows)))
     return "\n".join(parts)
 
 
@@ -331,6 +368,7 @@ def write_report(out_dir: Path, rows: Sequence[Mapping[str, Any]], *,
         "rows": [dict(r) for r in rows],
         "summary": summary,
         "ratios": ratio_table,
+        "pose_recovery": pose_recovery(rows),
         "environment": dict(environment or {}),
         "config": config,
         "timings": dict(timings or {}),

@@ -76,6 +76,7 @@ def evaluate_instance(job: InstanceJob) -> dict:
     """Return the report row of one test instance (method -> distance stats, dataset units),
     with per-method timings."""
     from regtool.data.dataset import load_category
+    from regtool.evaluation.metrics import pose_error
     from regtool.features.compare import FeatureLoss
     from regtool.registration.pipeline import load_models, make_observation, run_registration
     from regtool.render.shading import Material, random_background, render_shaded
@@ -132,6 +133,13 @@ def evaluate_instance(job: InstanceJob) -> dict:
         stats.update(iterations=len(result.history), seconds=result.timings["total"],
                      stop_reason=result.stop_reason, initial_loss=result.initial_loss,
                      best_loss=result.best_loss)
+        if joint:  # how far the start and the final pose are from the true one (metres)
+            start_error, final_error = pose_error(start, pose_metres), pose_error(
+                result.poses[0], pose_metres)
+            stats.update(start_rotation_deg=start_error["rotation_deg"],
+                         start_translation_m=start_error["translation"],
+                         rotation_deg=final_error["rotation_deg"],
+                         translation_m=final_error["translation"])
         return stats
 
     t0 = time.perf_counter()

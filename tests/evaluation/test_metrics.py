@@ -7,7 +7,9 @@ import pytest
 import trimesh
 
 from regtool.errors import MeshError
-from regtool.evaluation.metrics import distance_stats, point_to_mesh_vertex_distances
+from regtool.evaluation.metrics import (distance_stats, point_to_mesh_vertex_distances,
+                                       pose_error)
+from regtool.geometry.camera import Pose
 
 
 def test_matches_brute_force():
@@ -55,3 +57,17 @@ def test_stats_and_units_follow_inputs():
 def test_bad_input_is_mesh_error(points, vertices):
     with pytest.raises(MeshError):
         point_to_mesh_vertex_distances(points, vertices)
+
+
+def test_pose_error_angle_and_distance():
+    truth = Pose.look_at(0.6, azimuth_deg=30.0, elevation_deg=20.0)
+    same = pose_error(truth, truth)
+    assert same["rotation_deg"] == pytest.approx(0.0, abs=1e-5)
+    assert same["translation"] == pytest.approx(0.0, abs=1e-12)
+    # 12 degrees about a tilted axis through the object origin, then 3 cm along x and 4 along y.
+    axis = np.array([1.0, 2.0, -0.5]) / np.linalg.norm([1.0, 2.0, -0.5])
+    moved = truth.compose(np.radians(12.0) * axis, np.array([0.03, 0.04, 0.0]))
+    err = pose_error(moved, truth)
+    assert err["rotation_deg"] == pytest.approx(12.0, abs=1e-6)
+    assert err["translation"] == pytest.approx(0.05, abs=1e-12)
+    assert pose_error(truth, moved)["rotation_deg"] == pytest.approx(12.0, abs=1e-6)

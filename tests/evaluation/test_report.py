@@ -170,3 +170,31 @@ def test_mean_over_draws():
     assert value["spread"] == pytest.approx(0.001) and len(value["draws"]) == 2
     with pytest.raises(ValueError):
         report.mean_over_draws([])
+
+
+def test_pose_recovery_per_category_and_in_the_report(tmp_path):
+    rows = make_rows()
+    pose = ("start_rotation_deg", "rotation_deg", "start_translation_m", "translation_m")
+    rows[0]["rgb_noisy"]["draws"] = [dict(zip(pose, (20.0, 4.0, 0.05, 0.01)), mean=0.005, std=0.001),
+                                     dict(zip(pose, (10.0, 2.0, 0.03, 0.00)), mean=0.006, std=0.002)]
+    rows[2]["rgb_noisy"]["draws"] = [dict(zip(pose, (6.0, 9.0, 0.02, 0.04)), mean=0.01, std=0.0),
+                                     {"mean": 0.01, "std": 0.0}]  # no pose keys: skipped
+    recovery = report.pose_recovery(rows)
+    assert list(recovery) == ["bottle", "drill", "all"]
+    assert recovery["bottle"] == pytest.approx({"start_rotation_deg": 15.0, "rotation_deg": 3.0,
+                                                "start_translation_m": 0.04,
+                                                "translation_m": 0.005, "n": 2})
+    assert recovery["drill"]["n"] == 1 and recovery["drill"]["rotation_deg"] == 9.0
+    assert recovery["all"]["n"] == 3
+    assert recovery["all"]["rotation_deg"] == pytest.approx((4.0 + 2.0 + 9.0) / 3)
+    assert report.pose_recovery(make_rows()) == {}  # draws without pose errors: no section
+
+    write_report(tmp_path / "r", rows, dataset_units="m")
+    md = (tmp_path / "r" / "report.md").read_text()
+    assert "Pose recovery under pose noise" in md
+    assert "| bottle | 2 | 15.0 | 3.0 | 40.0 | 5.0 |" in md
+    data = json.loads((tmp_path / "r" / "results.json").read_text())
+    assert data["pose_recovery"]["drill"]["translation_m"] == pytest.approx(0.04)
+    plain = tmp_path / "plain"
+    write_report(plain, make_rows(), dataset_units="m")
+    assert "Pose recovery" not in (plain / "report.md").read_text()

@@ -138,7 +138,14 @@ def test_evaluate_writes_table_one(bottle_artifacts, dataset_dir, observation, t
         # The 3D references must beat the undeformed canonical.
         assert r["latent_3d_known"]["mean"] < r["canonical"]["mean"]
         assert r["cpd_3d"]["mean"] < r["canonical"]["mean"]
-    assert "mm" in (out / "report.md").read_text()
+        # Pose noise draws record how far their start and final poses are from the truth.
+        for draw in r["rgb_noisy"]["draws"]:
+            assert 0.0 < draw["start_rotation_deg"] <= 15.0 * np.sqrt(3) + 1e-6
+            assert 0.0 < draw["start_translation_m"] <= 0.05 * np.sqrt(2) + 1e-9
+            assert np.isfinite(draw["rotation_deg"]) and np.isfinite(draw["translation_m"])
+    md = (out / "report.md").read_text()
+    assert "mm" in md and "Pose recovery under pose noise" in md
+    assert data["pose_recovery"]["bottle"]["n"] == len(rows)
 
 
 def test_evaluate_missing_artifact(dataset_dir, tmp_path):
