@@ -113,4 +113,5 @@ def register_command(
         console.print(f"loss {result.initial_loss:.5f} -> {result.best_loss:.5f} "
                       f"({len(result.history)} iterations, {result.stop_reason}, "
                       f"{result.timings['total']:.1f} s)")
-        console.print(f"results in [bold]{out}[/bold]: {', '.join(sorted(p.name for p in paths.values()))}")
+        names = ", ".join(sorted(p.name for p in paths.values()))
+        console.print(f"results in [bold]{out}[/bold]: {names}")

@@ -54,8 +54,8 @@ def load_category(root: Path, category: str, with_test: bool = True,
 
     tests = ()
     if with_test:
-        tests = tuple(TestInstance(t.mesh.name, mesh(t.mesh), load_points(root / t.eval_points.path))
-                      for t in c.test)
+        tests = tuple(TestInstance(t.mesh.name, mesh(t.mesh),
+                                   load_points(root / t.eval_points.path)) for t in c.test)
     return CategoryData(category, manifest.units, mesh(c.canonical),
                         {e.name: mesh(e) for e in c.train}, tests, hashes)
 

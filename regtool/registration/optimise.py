@@ -16,12 +16,12 @@ step and a bound on every later gradient step (in standard deviations for the sh
 object radii for the pose). SGD with momentum and exponential LR decay; in joint mode the
 x/y translation first moves the bounding box of the rendered silhouette onto that of the
 object region (`centre_start`), the rotation starts from the best of a coarse grid of
-+/-`pose_search_deg` about each allowed axis, then `pose_warmup` pose-only iterations align the canonical (a
-shape optimised against a misaligned pose absorbs the misalignment) and the shape updates start
-from the best pose of the warm-up; after it the pose is updated once every `pose_every` shape
-updates; the whitened code stays within +/-`latent_bound` standard deviations. Stop
-at `iterations`, on a plateau, or on divergence (NaN or loss > 10x the first), keeping the best
-state seen.
++/-`pose_search_deg` about each allowed axis, then `pose_warmup` pose-only iterations align
+the canonical (a shape optimised against a misaligned pose absorbs the misalignment) and the
+shape updates start from the best pose of the warm-up; after it the pose is updated once every
+`pose_every` shape updates; the whitened code stays within +/-`latent_bound` standard
+deviations. Stop at `iterations`, on a plateau, or on divergence (NaN or loss > 10x the
+first), keeping the best state seen.
 """
 
 from __future__ import annotations

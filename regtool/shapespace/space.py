@@ -221,7 +221,8 @@ class ShapeSpace:
         return {"format": FORMAT, "version": self.version, "category": self.category,
                 "units": self.units, "basis_kind": self.basis_kind,
                 "latent_dim": self.latent_dim, "num_vertices": self.num_vertices,
-                "num_faces": int(len(self.faces)), "template_points": int(len(self.template_points)),
+                "num_faces": int(len(self.faces)),
+                "template_points": int(len(self.template_points)),
                 "train_names": list(self.train_names), "cpd_params": self.cpd_params,
                 "input_hashes": self.input_hashes}
 

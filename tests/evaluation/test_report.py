@@ -175,8 +175,9 @@ def test_mean_over_draws():
 def test_pose_recovery_per_category_and_in_the_report(tmp_path):
     rows = make_rows()
     pose = ("start_rotation_deg", "rotation_deg", "start_translation_m", "translation_m")
-    rows[0]["rgb_noisy"]["draws"] = [dict(zip(pose, (20.0, 4.0, 0.05, 0.01)), mean=0.005, std=0.001),
-                                     dict(zip(pose, (10.0, 2.0, 0.03, 0.00)), mean=0.006, std=0.002)]
+    rows[0]["rgb_noisy"]["draws"] = [
+        dict(zip(pose, (20.0, 4.0, 0.05, 0.01)), mean=0.005, std=0.001),
+        dict(zip(pose, (10.0, 2.0, 0.03, 0.00)), mean=0.006, std=0.002)]
     rows[2]["rgb_noisy"]["draws"] = [dict(zip(pose, (6.0, 9.0, 0.02, 0.04)), mean=0.01, std=0.0),
                                      {"mean": 0.01, "std": 0.0}]  # no pose keys: skipped
     recovery = report.pose_recovery(rows)
