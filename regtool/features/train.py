@@ -57,6 +57,13 @@ def resolve_categories(dataset_root: Path, categories: str | list[str]) -> list[
     return list(categories)
 
 
+def view_mesh(mesh, label: int, name: str) -> ViewMesh:
+    """Return the ViewMesh of a trimesh mesh, with its vertex normals computed once here
+    rather than for every rendered view."""
+    return ViewMesh(np.asarray(mesh.vertices, np.float64), np.asarray(mesh.faces, np.int64),
+                    label, name, np.asarray(mesh.vertex_normals, np.float64))
+
+
 def load_view_meshes(dataset_root: Path, categories: list[str]
                      ) -> tuple[list[ViewMesh], list[ViewMesh]]:
     """Return (training meshes, test meshes) of `categories` as ViewMesh with 1-based labels in
@@ -67,11 +74,9 @@ def load_view_meshes(dataset_root: Path, categories: list[str]
     for label, name in enumerate(categories, start=1):
         data = load_category(Path(dataset_root), name, with_test=True, min_train=1)
         for mesh_name, mesh in data.train.items():
-            train.append(ViewMesh(np.asarray(mesh.vertices, np.float64),
-                                  np.asarray(mesh.faces, np.int64), label, mesh_name))
+            train.append(view_mesh(mesh, label, mesh_name))
         for inst in data.test:
-            test.append(ViewMesh(np.asarray(inst.mesh.vertices, np.float64),
-                                 np.asarray(inst.mesh.faces, np.int64), label, inst.name))
+            test.append(view_mesh(inst.mesh, label, inst.name))
     return train, test
 
 

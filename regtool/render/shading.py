@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from regtool.errors import RenderError
 from regtool.geometry.camera import CV_TO_GL, CameraIntrinsics, Pose
 from regtool.render.context import get_context
 
@@ -71,8 +72,12 @@ def _light_pose(direction: tuple[float, float, float]) -> np.ndarray:
 def render_shaded(vertices: np.ndarray, faces: np.ndarray, pose: Pose, camera: CameraIntrinsics,
                   material: Material = Material(), lighting: Lighting = Lighting(),
                   background: np.ndarray | tuple[float, float, float] = (0.0, 0.0, 0.0),
-                  smooth: bool = True, znear: float = 0.01, zfar: float = 100.0) -> ShadedImage:
+                  smooth: bool = True, znear: float = 0.01, zfar: float = 100.0,
+                  vertex_normals: np.ndarray | None = None) -> ShadedImage:
     """Render the mesh (object frame, metres) seen by `camera` at `pose`.
+
+    `vertex_normals` (V, 3), object frame: the smooth-shading normals if already known (by
+    default trimesh computes them from the faces, the same values).
 
     `background` is an RGB colour or an (H, W, 3) float image in [0, 1] composited behind the
     object with pyrender's anti-aliased alpha. All scene nodes live in the camera frame: the
@@ -83,7 +88,11 @@ def render_shaded(vertices: np.ndarray, faces: np.ndarray, pose: Pose, camera: C
 
     ctx = get_context(camera.width, camera.height)
     scene = pyrender.Scene(bg_color=np.zeros(4), ambient_light=np.full(3, lighting.ambient))
-    mesh = trimesh.Trimesh(np.asarray(vertices, np.float64), np.asarray(faces, np.int64),
+    vertices = np.asarray(vertices, np.float64)
+    if vertex_normals is not None and np.shape(vertex_normals) != vertices.shape:
+        raise RenderError(f"vertex normals have shape {np.shape(vertex_normals)}, the vertices "
+                          f"{vertices.shape}")
+    mesh = trimesh.Trimesh(vertices, np.asarray(faces, np.int64), vertex_normals=vertex_normals,
                            process=False)
     mat = pyrender.MetallicRoughnessMaterial(
         baseColorFactor=np.array([*material.base_color, 1.0]), metallicFactor=material.metallic,

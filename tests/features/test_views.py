@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from regtool.errors import DatasetError
+from regtool.errors import DatasetError, RenderError
 from regtool.features.train import load_view_meshes
 from regtool.features.views import (BatchStream, ViewSampler, load_backgrounds, render_batch,
                                     render_fixed_set, sample_pose)
@@ -23,6 +23,23 @@ def test_meshes_are_split_and_labelled(meshes):
     assert len(train) == 20 and len(test) == 4
     assert {m.label for m in train if m.name.startswith("drill")} == {2}
     assert not {m.name for m in train} & {m.name for m in test}
+
+
+def test_precomputed_normals_render_the_same_view(meshes):
+    from dataclasses import replace
+
+    from regtool.features.views import render_view
+
+    mesh = meshes[0][0]
+    assert mesh.normals is not None and mesh.normals.shape == mesh.vertices.shape
+    assert np.allclose(np.linalg.norm(mesh.normals, axis=1), 1.0)
+    sampler = ViewSampler(96, 72, 40.0, 0.6, 0.2)
+    given = render_view(mesh, sampler, np.random.default_rng(3))
+    computed = render_view(replace(mesh, normals=None), sampler, np.random.default_rng(3))
+    assert given[1].any()
+    assert np.array_equal(given[0], computed[0]) and np.array_equal(given[1], computed[1])
+    with pytest.raises(RenderError, match="vertex normals"):
+        render_view(replace(mesh, normals=mesh.normals[:-1]), sampler, np.random.default_rng(3))
 
 
 def test_pose_distribution():
