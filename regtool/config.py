@@ -115,7 +115,9 @@ class RegisterConfig:
     plateau_patience: int = _f(15, 1, 100_000)
     plateau_tolerance: float = _f(1e-4, 0.0, 1.0)
     loss: str = _f("features", choices=("features", "rgb", "mask"))
-    start: str = _f("canonical", choices=("canonical", "mean"))
+    # "canonical": one descent from z_c (the paper); "mean": from z = 0; "search": a second
+    # descent from the best-fitting training code, keeping the better (optimise.register).
+    start: str = _f("search", choices=("canonical", "mean", "search"))
     joint: bool = _f(False)
     pose_axes: tuple[str, ...] = _f(("rx", "ry", "rz", "tx", "ty"),
                                     choices=("rx", "ry", "rz", "tx", "ty", "tz"))

@@ -27,6 +27,14 @@ def test_quick_profile_loads_and_is_smaller(repo_root):
     assert quick.unet.steps < Config().unet.steps
 
 
+def test_cpu_profile_trains_the_quick_network_longer(repo_root):
+    quick = load_config(repo_root / "configs" / "quick.toml").unet
+    cpu = load_config(repo_root / "configs" / "cpu.toml").unet
+    assert (cpu.base_channels, cpu.depth, cpu.feature_channels, cpu.image_width) == (
+        quick.base_channels, quick.depth, quick.feature_channels, quick.image_width)
+    assert quick.steps < cpu.steps < Config().unet.steps
+
+
 @pytest.mark.parametrize("text, key", [
     ("[register]\niterations = 'ten'\n", "register.iterations"),
     ("[register]\nmomentum = 1.5\n", "register.momentum"),

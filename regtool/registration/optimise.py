@@ -125,21 +125,36 @@ def apply_increment(poses: list[Pose], delta: np.ndarray, radius: float) -> list
 
 def register(space, faces: np.ndarray, observations: list[Observation], loss_fn: Callable,
              render_fn: Callable, config: RegisterConfig, device: torch.device,
-             callback: Callable[[IterationRecord], None] | None = None) -> RegistrationResult:
+             callback: Callable[[IterationRecord], None] | None = None,
+             start_code: np.ndarray | None = None) -> RegistrationResult:
     """Run the registration and return its result.
 
     `space`: a ShapeSpace; `loss_fn(rendered (1, 3, H, W), view_index) -> scalar tensor`
     compares a rendering with observation `view_index` (features prepared by the caller);
     `render_fn(vertices_cam (V, 3), camera) -> (image (C, H, W), mask (H, W))` is the
-    differentiable renderer. `callback` gets every iteration's record.
+    differentiable renderer. `callback` gets every iteration's record. `start_code` (k,):
+    the latent code to start from, overriding `config.start`.
+
+    `config.start == "search"`: two descents, the first from the canonical's code; the second
+    from the code with the lowest loss among the mean shape and the training instances' codes
+    (one render each) at the first descent's final poses, starting at those poses. The result
+    with the lower loss is returned (with the first descent's initial loss and the summed
+    timings of both and of the search). The descent from the canonical alone can stop in a
+    local minimum next to it although the observed shape lies far away.
     """
     if not observations:
         raise RegistrationError("no observation given")
+    if start_code is None and config.start == "search":
+        return _register_with_code_search(space, faces, observations, loss_fn, render_fn,
+                                          config, device, callback)
     timings = {"render": 0.0, "features": 0.0, "backward": 0.0, "optimiser": 0.0, "total": 0.0}
     t_start = time.perf_counter()
     std = torch.as_tensor(np.sqrt(np.maximum(space.explained_variance, 1e-20)),
                           dtype=torch.float64, device=device)
-    z0 = space.canonical_code if config.start == "canonical" else np.zeros(space.latent_dim)
+    if start_code is not None:
+        z0 = np.asarray(start_code, np.float64)
+    else:
+        z0 = space.canonical_code if config.start == "canonical" else np.zeros(space.latent_dim)
     u = (torch.as_tensor(z0, dtype=torch.float64, device=device) / std).clone()
     u.requires_grad_(True)
     delta = torch.zeros(6, dtype=torch.float64, device=device, requires_grad=config.joint)
@@ -273,6 +288,53 @@ def register(space, faces: np.ndarray, observations: list[Observation], loss_fn:
         frames=frames,
         final_images=[im.detach().cpu().permute(1, 2, 0)[..., :3].numpy() for im, _ in finals],
         final_masks=[m.detach().cpu().numpy().astype(bool) for _, m in finals])
+
+
+def _register_with_code_search(space, faces, observations, loss_fn, render_fn,
+                               config: RegisterConfig, device: torch.device,
+                               callback) -> RegistrationResult:
+    """`register` with `config.start == "search"` (see there)."""
+    from dataclasses import replace
+
+    from regtool.data.manifest import UNITS_TO_METRES
+
+    first = register(space, faces, observations, loss_fn, render_fn, config, device, callback,
+                     start_code=space.canonical_code)
+    t0 = time.perf_counter()
+    unit = UNITS_TO_METRES.get(space.units, 1.0)
+    radius = unit * float(np.linalg.norm(space.canonical_vertices
+                                         - space.canonical_vertices.mean(0), axis=1).max())
+    std = torch.as_tensor(np.sqrt(np.maximum(space.explained_variance, 1e-20)),
+                          dtype=torch.float64, device=device)
+    zero = torch.zeros(6, dtype=torch.float64, device=device)
+    losses = []
+    candidates = [np.zeros(space.latent_dim), *np.asarray(space.train_codes)]
+    with torch.no_grad():
+        for z in candidates:
+            u = (torch.as_tensor(z, dtype=torch.float64, device=device) / std).clamp(
+                -config.latent_bound, config.latent_bound)
+            cams = posed_vertices(space.deform(u * std) * unit, first.poses, zero, radius)
+            loss = 0.0
+            for i, (v_cam, obs) in enumerate(zip(cams, observations)):
+                image, _ = render_fn(v_cam.to(torch.float32), obs.camera)
+                loss += float(loss_fn(image[None, :3], i))
+            losses.append(loss)
+        best = ((torch.as_tensor(candidates[int(np.argmin(losses))], dtype=torch.float64,
+                                 device=device) / std).clamp(
+            -config.latent_bound, config.latent_bound) * std).cpu().numpy()
+    search_s = time.perf_counter() - t0
+    # The second descent starts at the first one's poses: in joint mode they are already
+    # aligned, so neither the silhouette centring nor the rotation grid runs again.
+    moved = [replace(o, pose=p) for o, p in zip(observations, first.poses)]
+    second = register(space, faces, moved, loss_fn, render_fn,
+                      replace(config, centre_start=False, pose_search_deg=0.0), device,
+                      callback, start_code=best)
+    result = first if first.best_loss <= second.best_loss else second
+    result.initial_loss = first.initial_loss
+    result.timings = {k: first.timings[k] + second.timings[k] for k in first.timings}
+    result.timings["search"] = search_s
+    result.timings["total"] += search_s
+    return result
 
 
 def _rotation_search(vertices: torch.Tensor, poses: list[Pose], observations: list[Observation],

@@ -122,3 +122,23 @@ def test_rotation_search_finds_a_coarse_misalignment(space):
     found = _rotation_search(vertices, [start], [obs], loss_fn, render_fn,
                              torch.zeros(6, dtype=torch.float64), 0.1, mask, 12.0)
     assert np.allclose(found.numpy(), [0, 0, np.radians(12.0), 0, 0, 0], atol=1e-12)
+
+
+def test_code_search_starts_a_second_descent_from_the_best_training_code(space):
+    pose = Pose.look_at(0.45, azimuth_deg=30.0, elevation_deg=15.0)
+    far = int(np.argmax(np.linalg.norm(space.train_codes - space.canonical_code, axis=1)))
+    z_target = space.train_codes[far]
+    target_vertices = space.deform_numpy(z_target)
+    obs, loss_fn, render_fn = _rgb_setup(space, z_target, pose)
+    cfg = RegisterConfig(iterations=4, learning_rate=0.05, plateau_patience=25, gif=False)
+    plain = register(space, space.faces, [obs], loss_fn, render_fn, cfg, torch.device("cpu"))
+    found = register(space, space.faces, [obs], loss_fn, render_fn,
+                     replace(cfg, start="search"), torch.device("cpu"))
+    # The observation was rendered from a training code: the second descent starts there, at
+    # (nearly) zero loss, while four steps from the canonical stay far from it.
+    assert found.initial_loss == pytest.approx(plain.initial_loss)  # the first descent's
+    assert found.best_loss < 0.1 * plain.best_loss
+    error = np.linalg.norm(found.vertices - target_vertices, axis=1).mean()
+    before = np.linalg.norm(plain.vertices - target_vertices, axis=1).mean()
+    assert error < 0.1 * before, (error, before)
+    assert found.timings["search"] > 0 and found.timings["total"] > found.timings["search"]
