@@ -110,7 +110,7 @@ class RegisterConfig:
     lr_decay: float = _f(0.95, 0.0, 1.0)
     pose_every: int = _f(3, 1, 1000)
     pose_warmup: int = _f(10, 0, 100_000)  # pose-only iterations before joint updates
-    pose_search_deg: float = _f(0.0, 0.0, 90.0)  # coarse rotation grid step; 0: no search
+    pose_search_deg: float = _f(10.0, 0.0, 90.0)  # coarse rotation grid step; 0: no search
     latent_bound: float = _f(3.0, 0.1, 100.0)  # |z_j| / sqrt(explained variance_j) at most
     plateau_patience: int = _f(15, 1, 100_000)
     plateau_tolerance: float = _f(1e-4, 0.0, 1.0)
