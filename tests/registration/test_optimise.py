@@ -91,7 +91,7 @@ def test_divergence_keeps_the_best_state(space):
         value = loss_fn(rendered, i)
         return value * (1e6 if calls["n"] > 3 else 1.0)
 
-    cfg = RegisterConfig(iterations=10, plateau_patience=20, gif=False)
+    cfg = RegisterConfig(iterations=10, plateau_patience=20, gif=False, start="canonical")
     result = register(space, space.faces, [obs], exploding, render_fn, cfg, torch.device("cpu"))
     assert result.stop_reason == "diverged"
     assert result.best_iteration <= 2
@@ -130,7 +130,8 @@ def test_code_search_starts_a_second_descent_from_the_best_training_code(space):
     z_target = space.train_codes[far]
     target_vertices = space.deform_numpy(z_target)
     obs, loss_fn, render_fn = _rgb_setup(space, z_target, pose)
-    cfg = RegisterConfig(iterations=4, learning_rate=0.05, plateau_patience=25, gif=False)
+    cfg = RegisterConfig(iterations=4, learning_rate=0.05, plateau_patience=25, gif=False,
+                         start="canonical")
     plain = register(space, space.faces, [obs], loss_fn, render_fn, cfg, torch.device("cpu"))
     found = register(space, space.faces, [obs], loss_fn, render_fn,
                      replace(cfg, start="search"), torch.device("cpu"))
