@@ -149,8 +149,7 @@ def register(space, faces: np.ndarray, observations: list[Observation], loss_fn:
                                           config, device, callback)
     timings = {"render": 0.0, "features": 0.0, "backward": 0.0, "optimiser": 0.0, "total": 0.0}
     t_start = time.perf_counter()
-    std = torch.as_tensor(np.sqrt(np.maximum(space.explained_variance, 1e-20)),
-                          dtype=torch.float64, device=device)
+    std, unit, radius = _scales(space, device)
     if start_code is not None:
         z0 = np.asarray(start_code, np.float64)
     else:
@@ -160,11 +159,6 @@ def register(space, faces: np.ndarray, observations: list[Observation], loss_fn:
     delta = torch.zeros(6, dtype=torch.float64, device=device, requires_grad=config.joint)
     axis_mask = torch.tensor([float(a in config.pose_axes) for a in POSE_AXES],
                              dtype=torch.float64, device=device)
-    from regtool.data.manifest import UNITS_TO_METRES
-
-    unit = UNITS_TO_METRES.get(space.units, 1.0)  # shape-space units -> metres for rendering
-    radius = unit * float(np.linalg.norm(space.canonical_vertices
-                                         - space.canonical_vertices.mean(0), axis=1).max())
     poses = [o.pose for o in observations]
 
     shape_opt = torch.optim.SGD([u], lr=config.learning_rate, momentum=config.momentum)
@@ -296,32 +290,19 @@ def _register_with_code_search(space, faces, observations, loss_fn, render_fn,
     """`register` with `config.start == "search"` (see there)."""
     from dataclasses import replace
 
-    from regtool.data.manifest import UNITS_TO_METRES
-
     first = register(space, faces, observations, loss_fn, render_fn, config, device, callback,
                      start_code=space.canonical_code)
     t0 = time.perf_counter()
-    unit = UNITS_TO_METRES.get(space.units, 1.0)
-    radius = unit * float(np.linalg.norm(space.canonical_vertices
-                                         - space.canonical_vertices.mean(0), axis=1).max())
-    std = torch.as_tensor(np.sqrt(np.maximum(space.explained_variance, 1e-20)),
-                          dtype=torch.float64, device=device)
+    std, unit, radius = _scales(space, device)
     zero = torch.zeros(6, dtype=torch.float64, device=device)
-    losses = []
     candidates = [np.zeros(space.latent_dim), *np.asarray(space.train_codes)]
+    whitened = [(torch.as_tensor(z, dtype=torch.float64, device=device) / std).clamp(
+        -config.latent_bound, config.latent_bound) for z in candidates]
     with torch.no_grad():
-        for z in candidates:
-            u = (torch.as_tensor(z, dtype=torch.float64, device=device) / std).clamp(
-                -config.latent_bound, config.latent_bound)
-            cams = posed_vertices(space.deform(u * std) * unit, first.poses, zero, radius)
-            loss = 0.0
-            for i, (v_cam, obs) in enumerate(zip(cams, observations)):
-                image, _ = render_fn(v_cam.to(torch.float32), obs.camera)
-                loss += float(loss_fn(image[None, :3], i))
-            losses.append(loss)
-        best = ((torch.as_tensor(candidates[int(np.argmin(losses))], dtype=torch.float64,
-                                 device=device) / std).clamp(
-            -config.latent_bound, config.latent_bound) * std).cpu().numpy()
+        losses = [_views_loss(posed_vertices(space.deform(u * std) * unit, first.poses, zero,
+                                             radius), observations, loss_fn, render_fn)
+                  for u in whitened]
+    best = (whitened[int(np.argmin(losses))] * std).cpu().numpy()
     search_s = time.perf_counter() - t0
     # The second descent starts at the first one's poses: in joint mode they are already
     # aligned, so neither the silhouette centring nor the rotation grid runs again.
@@ -335,6 +316,31 @@ def _register_with_code_search(space, faces, observations, loss_fn, render_fn,
     result.timings["search"] = search_s
     result.timings["total"] += search_s
     return result
+
+
+def _scales(space, device: torch.device) -> tuple[torch.Tensor, float, float]:
+    """Return (std (k,): the square roots of the shape space's explained variances, unit:
+    shape-space units -> metres, radius: the canonical's largest distance from its centroid in
+    metres)."""
+    from regtool.data.manifest import UNITS_TO_METRES
+
+    std = torch.as_tensor(np.sqrt(np.maximum(space.explained_variance, 1e-20)),
+                          dtype=torch.float64, device=device)
+    unit = UNITS_TO_METRES.get(space.units, 1.0)
+    radius = unit * float(np.linalg.norm(space.canonical_vertices
+                                         - space.canonical_vertices.mean(0), axis=1).max())
+    return std, unit, radius
+
+
+def _views_loss(cams: list[torch.Tensor], observations: list[Observation], loss_fn: Callable,
+                render_fn: Callable) -> float:
+    """Return the summed loss (no gradients kept) of the renderings of the camera-frame
+    vertices `cams` (one (V, 3) per view) against the observations."""
+    loss = 0.0
+    for i, (v_cam, obs) in enumerate(zip(cams, observations)):
+        image, _ = render_fn(v_cam.to(torch.float32), obs.camera)
+        loss += float(loss_fn(image[None, :3], i))
+    return loss
 
 
 def _rotation_search(vertices: torch.Tensor, poses: list[Pose], observations: list[Observation],
@@ -352,11 +358,8 @@ def _rotation_search(vertices: torch.Tensor, poses: list[Pose], observations: li
                 cand = delta.clone()
                 cand[:3] += torch.as_tensor([a * rad, b * rad, c * rad], dtype=delta.dtype,
                                             device=delta.device)
-                cams = posed_vertices(vertices, poses, cand, radius)
-                loss = 0.0
-                for i, (v_cam, obs) in enumerate(zip(cams, observations)):
-                    image, _ = render_fn(v_cam.to(torch.float32), obs.camera)
-                    loss += float(loss_fn(image[None, :3], i))
+                loss = _views_loss(posed_vertices(vertices, poses, cand, radius),
+                                   observations, loss_fn, render_fn)
                 if loss < best_loss:
                     best, best_loss = cand, loss
     return best
