@@ -81,7 +81,9 @@ def register_command(
         loss = FeatureLoss(net, cfg.register.loss)
         observations = [make_observation(im, c, p, loss, cfg.register.mask_dilation, m)
                         for im, c, p, m in zip(images, cameras, poses, masks)]
-        with progress_bar("register", cfg.register.iterations + 1) as advance:
+        reg = cfg.register
+        steps = reg.iterations + 1 + (reg.pose_warmup if reg.joint else 0)
+        with progress_bar("register", steps * (2 if reg.start == "search" else 1)) as advance:
             result = run_registration(space, net, observations, cfg, device,
                                       callback=lambda rec: advance(1, f"loss {rec.loss:.5f}"))
         extra = {"category": space.category, "units": space.units,
