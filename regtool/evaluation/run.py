@@ -66,6 +66,35 @@ def perturb(pose: Pose, noise: np.ndarray) -> Pose:
     return pose.compose(noise[:3], noise[3:])
 
 
+def instance_rng(seed: int, category: str, instance_index: int) -> np.random.Generator:
+    """Return the generator of one test instance's draws (the 3D references' sampling seeds,
+    then the observation, then the pose-noise draws), seeded by the run seed, category and
+    instance index."""
+    return np.random.default_rng([seed, instance_index, sum(map(ord, category))])
+
+
+def reference_seeds(rng: np.random.Generator) -> tuple[int, int]:
+    """Return the seeds of the surface samples (canonical, test instance) for CPD in 3D: the
+    first two draws of `instance_rng`."""
+    return int(rng.integers(2 ** 31)), int(rng.integers(2 ** 31))
+
+
+def observe_instance(rng: np.random.Generator, mesh, scale: float, camera: CameraIntrinsics,
+                     distance: float) -> tuple[Pose, np.ndarray]:
+    """Return (the true object -> camera pose in metres, the observed image (H, W, 3) float32
+    RGB in [0, 1]): the test mesh (dataset units, `scale` to metres) rendered photo-like at a
+    seeded viewpoint at `distance` metres, in a random colour on a random background."""
+    from regtool.render.shading import Material, random_background, render_shaded
+
+    pose = known_pose(rng, distance)
+    background = random_background(rng, camera.height, camera.width)
+    colour = tuple(rng.uniform(0.15, 0.9, 3).tolist())
+    observed = render_shaded(np.asarray(mesh.vertices) * scale, np.asarray(mesh.faces), pose,
+                             camera, material=Material(colour, 0.1, 0.6),
+                             background=background).rgb
+    return pose, observed
+
+
 def _stats(points: np.ndarray, vertices: np.ndarray) -> dict:
     from regtool.evaluation.metrics import distance_stats
 
@@ -79,7 +108,6 @@ def evaluate_instance(job: InstanceJob) -> dict:
     from regtool.evaluation.metrics import pose_error
     from regtool.features.compare import FeatureLoss
     from regtool.registration.pipeline import load_models, make_observation, run_registration
-    from regtool.render.shading import Material, random_background, render_shaded
     from regtool.shapespace.cpd import nonrigid_cpd
 
     if job.threads > 0:
@@ -90,8 +118,7 @@ def evaluate_instance(job: InstanceJob) -> dict:
     test = data.test[job.instance_index]
     space, unet, unet_meta = load_models(Path(job.shapespace_path), Path(job.unet_path), device)
     scale = {"m": 1.0, "cm": 0.01, "mm": 0.001}[data.units]  # dataset units -> metres
-    rng = np.random.default_rng([job.seed, job.instance_index,
-                                 sum(map(ord, job.category))])
+    rng = instance_rng(job.seed, job.category, job.instance_index)
     points = test.eval_points
     timings: dict[str, float] = {}
     row: dict = {"category": job.category, "instance": test.name}
@@ -102,10 +129,11 @@ def evaluate_instance(job: InstanceJob) -> dict:
     ss = cfg.shapespace
     from regtool.shapespace.build import sample_surface
 
+    template_seed, target_seed = reference_seeds(rng)
     template = sample_surface(space.canonical_vertices, space.faces, ss.template_points,
-                              np.random.default_rng(rng.integers(2 ** 31)))
+                              np.random.default_rng(template_seed))
     target = sample_surface(np.asarray(test.mesh.vertices), np.asarray(test.mesh.faces),
-                            ss.target_points, np.random.default_rng(rng.integers(2 ** 31)))
+                            ss.target_points, np.random.default_rng(target_seed))
     cpd = nonrigid_cpd(template, target, beta=ss.beta, lambda_=ss.lambda_, w=ss.w,
                        tolerance=ss.tolerance, max_iterations=ss.max_iterations,
                        lowrank_threshold=ss.lowrank_threshold, lowrank_rank=ss.lowrank_rank)
@@ -118,12 +146,7 @@ def evaluate_instance(job: InstanceJob) -> dict:
 
     # The observation: photo-like rendering at a seeded known pose.
     camera = observation_camera(cfg, unet_meta.get("image_size"))
-    pose_metres = known_pose(rng, cfg.render.distance)
-    vertices_m = np.asarray(test.mesh.vertices) * scale
-    background = random_background(rng, camera.height, camera.width)
-    colour = tuple(rng.uniform(0.15, 0.9, 3).tolist())
-    observed = render_shaded(vertices_m, np.asarray(test.mesh.faces), pose_metres, camera,
-                             material=Material(colour, 0.1, 0.6), background=background).rgb
+    pose_metres, observed = observe_instance(rng, test.mesh, scale, camera, cfg.render.distance)
     feature_loss = FeatureLoss(unet, cfg.register.loss)
 
     def rgb_register(start: Pose, joint: bool) -> dict:
