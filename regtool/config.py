@@ -114,7 +114,8 @@ class RegisterConfig:
     latent_bound: float = _f(3.0, 0.1, 100.0)  # |z_j| / sqrt(explained variance_j) at most
     plateau_patience: int = _f(15, 1, 100_000)
     plateau_tolerance: float = _f(1e-4, 0.0, 1.0)
-    loss: str = _f("features", choices=("features", "rgb", "mask"))
+    # "features": the paper's comparison; "features+mask" adds the U-Net's object probability.
+    loss: str = _f("features+mask", choices=("features", "rgb", "mask", "features+mask"))
     # "canonical": one descent from z_c (the paper); "mean": from z = 0; "search": a second
     # descent from the best-fitting training code, keeping the better (optimise.register).
     start: str = _f("search", choices=("canonical", "mean", "search"))

@@ -3,8 +3,12 @@
 `FeatureLoss(unet, "features")` is the paper's comparison: the U-Net feature maps F_rnd and
 F_obs (B, C, H, W) of the rendered and the observed image are each normalised per channel to
 [-1, 1] (min-max over the image), aggregated along the channel dimension (mean, giving one
-(B, H, W) map per image) and compared by the pixel-wise mean squared error. The `rgb` (MSE of
-the images) and `mask` (MSE of the U-Net's object probability) comparisons serve ablations.
+(B, H, W) map per image) and compared by the pixel-wise mean squared error. `mask` compares the
+U-Net's object probability (1 - P(background)) instead, and `features+mask` (regtool's default)
+both: the paper's aggregated map and the object probability mapped to [-1, 1], averaged, i.e.
+(MSE_features + 4 MSE_mask) / 2. On the built-in dataset the added segmentation term lowered
+the mean Table 1 error with known pose and with pose noise on two evaluation seeds
+(README, Results). `rgb` (MSE of the images) serves ablations.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ import torch
 from regtool.errors import RegistrationError
 from regtool.features.unet import UNet
 
-KINDS = ("features", "rgb", "mask")
+KINDS = ("features", "rgb", "mask", "features+mask")
 
 
 def normalise_channels(features: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
@@ -70,11 +74,16 @@ class FeatureLoss:
 
     def _target(self, images: torch.Tensor) -> torch.Tensor:
         """Return the map compared by the loss: (B, H, W) aggregated features ("features"),
-        (B, 3, H, W) the images ("rgb"), (B, H, W) object probability ("mask")."""
+        (B, 3, H, W) the images ("rgb"), (B, H, W) object probability ("mask"), (B, 2, H, W)
+        aggregated features and 2 * object probability - 1 ("features+mask")."""
         if self.kind == "rgb":
             return images
         if self.kind == "mask":
             return 1.0 - self.unet(images).softmax(dim=1)[:, 0]
+        if self.kind == "features+mask":
+            features = self.unet.features(images)
+            probability = 1.0 - self.unet.head(features).softmax(dim=1)[:, 0]
+            return torch.stack([aggregate(features), 2.0 * probability - 1.0], dim=1)
         return aggregate(self.unet.features(images))
 
     def observed_features(self, observed: torch.Tensor) -> torch.Tensor:
@@ -93,7 +102,8 @@ class FeatureLoss:
                  region: torch.Tensor | None = None) -> torch.Tensor:
         """Return the scalar loss: mean over pixels (weighted by `region` (B, 1, H, W) bool or
         float in [0, 1] when given; all pixels otherwise) of the squared difference of the
-        rendered and observed target maps (for "rgb", averaged over the colour channels).
+        rendered and observed target maps (for "rgb" and "features+mask", averaged over the
+        channels).
         `rendered`, `observed` are (B, 3, H, W) float RGB in [0, 1] of the same size."""
         _check_images(rendered, "rendered image")
         _check_images(observed, "observed image")

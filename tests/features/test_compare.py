@@ -69,7 +69,7 @@ def unet(tiny_unet):
     return load_unet(tiny_unet[0], "cpu")[0]
 
 
-@pytest.mark.parametrize("kind", ["features", "mask", "rgb"])
+@pytest.mark.parametrize("kind", ["features", "mask", "features+mask", "rgb"])
 def test_loss_lower_for_correct_shape_and_pose(scene, unet, kind):
     loss = FeatureLoss(unet, kind)
     obs = scene["observed"]
@@ -82,6 +82,21 @@ def test_loss_lower_for_correct_shape_and_pose(scene, unet, kind):
         return
     assert values["correct"] < values["wrong"], values
     assert values["correct"] < values["shifted"], values
+
+
+def test_features_and_mask_average_both_comparisons(scene, unet):
+    # The object probability is mapped to [-1, 1] like the feature map: 4x its squared error.
+    region = torch.from_numpy(scene["observed_mask"])[None, None]
+    for rendered in ("correct", "shifted"):
+        args = (scene[rendered], scene["observed"], region)
+        both = float(FeatureLoss(unet, "features+mask")(*args))
+        features = float(FeatureLoss(unet, "features")(*args))
+        mask = float(FeatureLoss(unet, "mask")(*args))
+        assert both == pytest.approx((features + 4.0 * mask) / 2.0, rel=1e-5)
+        assert features > 0 and mask > 0
+    rendered = scene["shifted"].clone().requires_grad_(True)
+    FeatureLoss(unet, "features+mask")(rendered, scene["observed"]).backward()
+    assert torch.isfinite(rendered.grad).all() and rendered.grad.abs().sum() > 0
 
 
 def test_segment_observed(scene, unet):
