@@ -105,7 +105,9 @@ class RegisterConfig:
 
     iterations: int = _f(30, 1, 100_000)
     learning_rate: float = _f(0.1, 1e-8, 1e4)
-    pose_learning_rate: float = _f(0.05, 1e-8, 1e4)
+    # Length of the first pose step (radians / object radii). Small: the pose loss is rugged and
+    # longer steps drift from a good pose (pose-noise error 3.04 -> 2.86 mm from 0.05 to 0.01).
+    pose_learning_rate: float = _f(0.01, 1e-8, 1e4)
     momentum: float = _f(0.9, 0.0, 1.0)
     lr_decay: float = _f(0.95, 0.0, 1.0)
     pose_every: int = _f(3, 1, 1000)
