@@ -7,7 +7,6 @@ are rows top to bottom (numpy image order), float32 RGB in [0, 1].
 from __future__ import annotations
 
 import functools
-
 from dataclasses import dataclass, field
 
 import numpy as np
