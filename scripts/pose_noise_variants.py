@@ -35,7 +35,7 @@ import torch
 
 from regtool.config import load_config
 from regtool.data.dataset import load_category
-from regtool.data.manifest import read_manifest
+from regtool.data.manifest import UNITS_TO_METRES, read_manifest
 from regtool.evaluation.metrics import distance_stats, pose_error
 from regtool.evaluation.run import (instance_rng, observation_camera, observe_instance, perturb,
                                     pose_noise, reference_seeds)
@@ -55,7 +55,7 @@ def run_instance(run_dir: str, category: str, index: int, variants: dict, draws:
     test = data.test[index]
     space, unet, meta = load_models(run / category / "shapespace.npz",
                                     run / category / "unet.pt", torch.device("cpu"))
-    scale = {"m": 1.0, "cm": 0.01, "mm": 0.001}[data.units]
+    scale = UNITS_TO_METRES[data.units]
     rng = instance_rng(seed, category, index)
     reference_seeds(rng)  # drawn by the 3D references first in `regtool evaluate`
     camera = observation_camera(cfg, meta.get("image_size"))

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from regtool.config import Config
+from regtool.data.manifest import UNITS_TO_METRES
 from regtool.geometry.camera import CameraIntrinsics, Pose
 
 
@@ -117,7 +118,7 @@ def evaluate_instance(job: InstanceJob) -> dict:
     data = load_category(Path(job.dataset_root), job.category)
     test = data.test[job.instance_index]
     space, unet, unet_meta = load_models(Path(job.shapespace_path), Path(job.unet_path), device)
-    scale = {"m": 1.0, "cm": 0.01, "mm": 0.001}[data.units]  # dataset units -> metres
+    scale = UNITS_TO_METRES[data.units]  # dataset units -> metres
     rng = instance_rng(job.seed, job.category, job.instance_index)
     points = test.eval_points
     timings: dict[str, float] = {}
