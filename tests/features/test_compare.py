@@ -71,6 +71,10 @@ def unet(tiny_unet):
 
 @pytest.mark.parametrize("kind", ["features", "mask", "features+mask", "rgb"])
 def test_loss_lower_for_correct_shape_and_pose(scene, unet, kind):
+    # The ranking needs a network that segments the object: with the fixture U-Net trained for
+    # 120 steps (IoU 0.63 on this observation) the paper's `features` comparison scored the
+    # 3 cm shift below the truth (0.0640 vs 0.0651); trained for 400 steps (IoU 0.89, seeds
+    # 3-5) it ranks correct < shifted by 10-60 %. test_segment_observed checks that premise.
     loss = FeatureLoss(unet, kind)
     obs = scene["observed"]
     values = {k: float(loss(scene[k], obs)) for k in ("correct", "wrong", "shifted")}
@@ -102,7 +106,7 @@ def test_features_and_mask_average_both_comparisons(scene, unet):
 def test_segment_observed(scene, unet):
     seg = FeatureLoss(unet).segment(scene["observed"])[0].numpy()
     truth = scene["observed_mask"]
-    assert (seg & truth).sum() / (seg | truth).sum() > 0.6
+    assert (seg & truth).sum() / (seg | truth).sum() > 0.8
 
 
 def test_gradient_on_object_border(scene, unet):

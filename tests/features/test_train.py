@@ -44,20 +44,20 @@ def test_short_training_run(tiny_unet, tiny_config):
     report = json.loads(paths["json"].read_text())
     m = report["metrics"]
     assert report["categories"] == ["bottle"] and report["image_size"] == [128, 96]
-    assert m["step"] == 120 and report["curve"]["val_step"] == [40, 80, 120]
+    assert m["step"] == 400 and report["curve"]["val_step"] == [100, 200, 300, 400]
     assert report["test_meshes"] == ["bottle_test_00", "bottle_test_01"]
     assert not set(report["test_meshes"]) & set(report["train_meshes"])
-    # 120 steps of 4 views already segment far better than chance (all background: IoU 0);
-    # the quick profile's 600 steps reach >= 0.9 (see the slow test).
-    assert m["val_iou"] > 0.5, m
-    assert m["test_iou"] > 0.5, m
+    # 400 steps of 4 views segment well (measured: val 0.93, test meshes 0.91 with seed 3; all
+    # background would score 0); the quick profile's 600 steps reach >= 0.9 (the slow test).
+    assert m["val_iou"] > 0.85, m
+    assert m["test_iou"] > 0.85, m
     assert set(m["test_iou_per_mesh"]) == {"bottle_test_00", "bottle_test_01"}
     # The loss went down.
     assert report["curve"]["loss"][-1] < report["curve"]["loss"][0]
     model, meta = load_unet(out, "cpu", expect=load_config(tiny_config).unet)
     assert meta["metrics"]["val_iou"] == m["val_iou"]
     blob = read_checkpoint(out)
-    assert blob["step"] == 120 and blob["optimizer"]["state"]
+    assert blob["step"] == 400 and blob["optimizer"]["state"]
 
 
 def test_interrupt_keeps_checkpoint_and_resume(dataset_dir, tmp_path, tiny_config):
