@@ -1,8 +1,11 @@
 """Configuration: one frozen dataclass per command, loaded from TOML, overridden by CLI flags.
 
-The dataclass defaults are the paper's defaults and are mirrored in `configs/default.toml`
-(a test keeps the two equal). Loading validates every key: unknown keys, wrong types and
-out-of-range values raise `ConfigError` naming the key, e.g. ``register.iterations``.
+The dataclass defaults are the paper's defaults, with the U-Net and the image size sized for a
+2-core CPU (the `cpu` profile), and are mirrored in `configs/default.toml` (a test keeps the two
+equal). The `gpu` profile (`regtool/profiles/gpu.toml`: the paper-sized U-Net at 320x240) is
+layered on top by `--profile gpu`, or by `--device cuda` when no profile is named. Loading
+validates every key: unknown keys, wrong types and out-of-range values raise `ConfigError`
+naming the key, e.g. ``register.iterations``.
 """
 
 from __future__ import annotations
@@ -71,8 +74,8 @@ class ShapeSpaceConfig:
 class RenderConfig:
     """Image size and the observing camera used by dataset rendering, training and evaluation."""
 
-    width: int = _f(320, 8, 8192)
-    height: int = _f(240, 8, 8192)
+    width: int = _f(160, 8, 8192)
+    height: int = _f(120, 8, 8192)
     fov_y_deg: float = _f(40.0, 1.0, 170.0)
     distance: float = _f(0.6, 0.01, 100.0)  # working distance camera -> object origin, metres
     image_type: str = _f("rgb", choices=("rgb", "normals", "mask"))
@@ -83,17 +86,17 @@ class RenderConfig:
 class UNetConfig:
     """`regtool train-unet`: architecture and training schedule."""
 
-    base_channels: int = _f(16, 2, 256)
-    depth: int = _f(4, 1, 7)
-    feature_channels: int = _f(64, 1, 1024)
-    image_width: int = _f(320, 16, 4096)
-    image_height: int = _f(240, 16, 4096)
-    steps: int = _f(3000, 1, 10_000_000)
+    base_channels: int = _f(8, 2, 256)
+    depth: int = _f(3, 1, 7)
+    feature_channels: int = _f(16, 1, 1024)  # the paper's network (gpu profile): 64
+    image_width: int = _f(160, 16, 4096)
+    image_height: int = _f(120, 16, 4096)
+    steps: int = _f(1500, 1, 10_000_000)
     batch_size: int = _f(8, 1, 4096)
-    learning_rate: float = _f(1e-3, 1e-8, 10.0)
-    val_views: int = _f(64, 1, 100_000)
-    val_every: int = _f(200, 1, 10_000_000)
-    checkpoint_every: int = _f(200, 1, 10_000_000)
+    learning_rate: float = _f(2e-3, 1e-8, 10.0)
+    val_views: int = _f(32, 1, 100_000)
+    val_every: int = _f(100, 1, 10_000_000)
+    checkpoint_every: int = _f(100, 1, 10_000_000)
     render_workers: int = _f(1, 0, 64)
     distance_jitter: float = _f(0.2, 0.0, 0.9)  # relative jitter of the working distance
     train_threads: int = _f(0, 0, 256)  # torch threads; 0: cores - max(1, render_workers)
@@ -235,13 +238,32 @@ def read_toml(path: Path) -> dict[str, Any]:
         raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
 
 
-def load_config(path: Path | None = None, overrides: dict[str, Any] | None = None) -> Config:
-    """Return the defaults, updated by the TOML file at `path`, then by `overrides`.
+PROFILES_DIR = Path(__file__).resolve().parent / "profiles"
+
+
+def profile_names() -> tuple[str, ...]:
+    """Return the names of the built-in profiles (`regtool/profiles/<name>.toml`)."""
+    return tuple(sorted(p.stem for p in PROFILES_DIR.glob("*.toml")))
+
+
+def read_profile(name: str) -> dict[str, Any]:
+    """Return the TOML-layout dict of the built-in profile `name`; ConfigError if unknown."""
+    if name not in profile_names():
+        raise ConfigError(f"unknown profile '{name}' (use one of {', '.join(profile_names())})")
+    return read_toml(PROFILES_DIR / f"{name}.toml")
+
+
+def load_config(path: Path | None = None, overrides: dict[str, Any] | None = None,
+                profile: str | None = None) -> Config:
+    """Return the defaults, updated by the built-in `profile` (None: the defaults alone), then
+    by the TOML file at `path`, then by `overrides`.
 
     `overrides` uses the TOML layout, e.g. ``{"register": {"iterations": 10}}``; `None` values
     are dropped so unset CLI flags do not override the file.
     """
-    data: dict[str, Any] = read_toml(path) if path is not None else {}
+    data: dict[str, Any] = read_profile(profile) if profile is not None else {}
+    if path is not None:
+        data = merge(data, read_toml(path))
     if overrides:
         clean = {s: {k: v for k, v in vals.items() if v is not None}
                  for s, vals in overrides.items()}

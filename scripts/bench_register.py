@@ -1,5 +1,6 @@
 #!/usr/bin/env python
-"""Benchmark one registration (known pose and joint) at the quick and default profiles.
+"""Benchmark one registration (known pose and joint) with the defaults (the CPU profile) and
+the gpu profile.
 
 For each profile: build a shape space of the category (or load --shapespace), take the U-Net
 architecture of the profile (the trained weights of --unet when its architecture is the
@@ -39,6 +40,7 @@ from regtool.render.shading import Material, random_background, render_shaded
 from regtool.shapespace.build import build_shapespace
 
 ROOT = Path(__file__).resolve().parents[1]
+PROFILES = ("default", "gpu")
 
 
 def main() -> None:
@@ -67,8 +69,8 @@ def main() -> None:
     data = load_category(dataset, args.category)
     test = data.test[0]
     rows = []
-    for profile in ("quick", "default"):
-        cfg = load_config(ROOT / "configs" / f"{profile}.toml")
+    for profile in PROFILES:
+        cfg = load_config(profile=None if profile == "default" else profile)
         cfg = replace(cfg, register=replace(cfg.register, gif=False,
                                             plateau_patience=10 ** 6))  # run every iteration
         space, _ = build_shapespace(dataset, args.category, load_config(

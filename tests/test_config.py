@@ -18,21 +18,49 @@ def test_paper_defaults():
     assert c.register.momentum == 0.9 and c.register.lr_decay == 0.95
     assert c.register.iterations == 30 and c.register.pose_every == 3
     assert c.evaluate.pose_noise_xy == 0.05 and c.evaluate.pose_noise_deg == 15.0
-    assert c.unet.feature_channels == 64
+
+
+def test_gpu_profile_is_the_papers_network():
+    gpu = load_config(profile="gpu")
+    assert gpu.unet.feature_channels == 64  # StilllebenDR's feature map
+    assert (gpu.unet.image_width, gpu.unet.image_height) == (320, 240)
+    assert (gpu.render.width, gpu.render.height) == (320, 240)
+    assert gpu.unet.steps > Config().unet.steps
+    assert gpu.register == Config().register  # only the network and the image size differ
+    assert load_config(profile="cpu") == Config()
+
+
+def test_profile_then_file_then_flags(tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_text("[unet]\nsteps = 7\nfeature_channels = 32\n")
+    c = load_config(path, {"unet": {"steps": 5}}, profile="gpu")
+    assert (c.unet.steps, c.unet.feature_channels, c.unet.depth) == (5, 32, 4)
+    with pytest.raises(ConfigError, match="unknown profile 'tpu'"):
+        load_config(profile="tpu")
+
+
+def test_device_picks_the_profile(tmp_path):
+    from regtool.cli.app import GlobalOptions
+
+    assert GlobalOptions(device="cuda").config_profile() == "gpu"
+    assert GlobalOptions(device="cuda:1").config_profile() == "gpu"
+    assert GlobalOptions(device="cpu").config_profile() is None
+    assert GlobalOptions(device="cuda", profile="cpu").config_profile() == "cpu"
+    assert GlobalOptions(device="cpu", profile="gpu").config_profile() == "gpu"
 
 
 def test_quick_profile_loads_and_is_smaller(repo_root):
     quick = load_config(repo_root / "configs" / "quick.toml")
-    assert quick.render.width < Config().render.width
     assert quick.unet.steps < Config().unet.steps
+    assert quick.shapespace.max_iterations < Config().shapespace.max_iterations
 
 
-def test_cpu_profile_trains_the_quick_network_longer(repo_root):
+def test_default_profile_trains_the_quick_network_longer(repo_root):
     quick = load_config(repo_root / "configs" / "quick.toml").unet
-    cpu = load_config(repo_root / "configs" / "cpu.toml").unet
+    cpu = Config().unet
     assert (cpu.base_channels, cpu.depth, cpu.feature_channels, cpu.image_width) == (
         quick.base_channels, quick.depth, quick.feature_channels, quick.image_width)
-    assert quick.steps < cpu.steps < Config().unet.steps
+    assert quick.steps < cpu.steps < load_config(profile="gpu").unet.steps
 
 
 @pytest.mark.parametrize("text, key", [

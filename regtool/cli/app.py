@@ -25,6 +25,8 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    # Plain help: typer's rich help prints a type after every flag (`--debug <bool>`).
+    rich_markup_mode=None,
 )
 console = Console(soft_wrap=True)
 err_console = Console(stderr=True, soft_wrap=True)
@@ -39,6 +41,13 @@ class GlobalOptions:
     device: str = "cpu"
     seed: int = 0
     debug: bool = False
+    profile: str | None = None  # None: `gpu` on CUDA, the built-in defaults otherwise
+
+    def config_profile(self) -> str | None:
+        """Return the built-in profile that command configs start from (None: the defaults)."""
+        if self.profile is not None:
+            return self.profile
+        return "gpu" if self.device.startswith("cuda") else None
 
 
 def _version(value: bool) -> None:
@@ -53,14 +62,21 @@ def _global_options(
     device: str = typer.Option("cpu", "--device", help="Compute device: cpu or cuda."),
     seed: int = typer.Option(0, "--seed", help="Seed of every random generator."),
     debug: bool = typer.Option(False, "--debug", help="Show tracebacks of errors."),
+    profile: Optional[str] = typer.Option(
+        None, "--profile", help="Built-in config profile the command config starts from: cpu "
+        "(the defaults: networks and images sized for a CPU) or gpu (the paper-sized U-Net at "
+        "320x240). Default: gpu with --device cuda, cpu otherwise."),
     version: Optional[bool] = typer.Option(None, "--version", callback=_version,
                                            is_eager=True, help="Print the version and exit."),
 ) -> None:
-    ctx.obj = GlobalOptions(device=device, seed=seed, debug=debug)
+    ctx.obj = GlobalOptions(device=device, seed=seed, debug=debug, profile=profile)
+    from regtool.config import read_profile
     from regtool.device import resolve_device
 
     with reported_errors(ctx):
         resolve_device(device)
+        if profile is not None:
+            read_profile(profile)
 
 
 def options(ctx: typer.Context) -> GlobalOptions:
@@ -74,6 +90,12 @@ def fail(message: str) -> None:
     line = " ".join(str(message).split())
     err_console.print(Text("error: ", style="bold red") + Text(line, style="red"))
     raise typer.Exit(EXIT_BAD_INPUT)
+
+
+def warn(message: str) -> None:
+    """Print `message` as one yellow warning line on stderr."""
+    line = " ".join(str(message).split())
+    err_console.print(Text("warning: ", style="bold yellow") + Text(line, style="yellow"))
 
 
 @contextlib.contextmanager
@@ -91,13 +113,15 @@ def reported_errors(ctx: typer.Context) -> Iterator[None]:
         raise typer.Exit(130) from None
 
 
-def command_config(config: Path | None, overrides: dict[str, Any] | None = None) -> Config:
-    """Return the config from `--config` (defaults when None) with CLI flag overrides."""
-    return load_config(config, overrides)
+def command_config(ctx: typer.Context, config: Path | None,
+                   overrides: dict[str, Any] | None = None) -> Config:
+    """Return the config of the running command: the built-in defaults, the global profile
+    (`--profile`, or `gpu` with `--device cuda`), the `--config` file, then CLI flags."""
+    return load_config(config, overrides, profile=options(ctx).config_profile())
 
 
-ConfigOption = typer.Option(None, "--config", "-c", help="TOML config (defaults: "
-                            "configs/default.toml values built in).", dir_okay=False)
+ConfigOption = typer.Option(None, "--config", "-c", help="TOML config layered on the built-in "
+                            "defaults (configs/default.toml) and the --profile.", dir_okay=False)
 
 
 @contextlib.contextmanager

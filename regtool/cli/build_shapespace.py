@@ -29,7 +29,7 @@ def build_shapespace_command(
     from regtool.shapespace.build import build_from_category, load_training_data
 
     with reported_errors(ctx):
-        cfg = command_config(config, {"shapespace": {"latent_dim": latent_dim}}).shapespace
+        cfg = command_config(ctx, config, {"shapespace": {"latent_dim": latent_dim}}).shapespace
         opts = options(ctx)
         out_path = out if out is not None else Path("runs") / category / "shapespace.npz"
         if out_path.suffix != ".npz":

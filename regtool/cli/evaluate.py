@@ -52,7 +52,7 @@ def evaluate_command(
     from regtool.registration.result import software_versions
 
     with reported_errors(ctx):
-        cfg = command_config(config, {"evaluate": {"noise_draws": noise_draws,
+        cfg = command_config(ctx, config, {"evaluate": {"noise_draws": noise_draws,
                                                    "workers": workers}})
         device = resolve_device(options(ctx).device)
         manifest = verify_dataset(dataset)

@@ -28,7 +28,7 @@ def make_dataset_command(
     with reported_errors(ctx):
         cats = None if categories is None else [c.strip() for c in categories.split(",")
                                                 if c.strip()]
-        cfg = command_config(config, {"make_dataset": {"categories": cats, "n_train": n_train,
+        cfg = command_config(ctx, config, {"make_dataset": {"categories": cats, "n_train": n_train,
                                                        "n_test": n_test}}).make_dataset
         total = len(cfg.categories) * (1 + cfg.n_train + cfg.n_test + int(cfg.contact_sheet))
         with progress_bar("make-dataset", total) as advance:

@@ -8,7 +8,7 @@ from typing import List, Optional
 import typer
 
 from regtool.cli.app import (ConfigOption, app, command_config, console, options, progress_bar,
-                             reported_errors)
+                             reported_errors, warn)
 
 
 def _per_view(values: list[Path], n: int, what: str) -> list[Path]:
@@ -54,11 +54,12 @@ def register_command(
     from regtool.features.compare import FeatureLoss
     from regtool.io import ensure_writable_dir
     from regtool.registration.inputs import read_camera, read_image, read_mask, read_pose
-    from regtool.registration.pipeline import load_models, make_observation, run_registration
+    from regtool.registration.pipeline import (load_models, make_observation, run_registration,
+                                               summary_line)
     from regtool.registration.result import ViewResult, software_versions, write_registration
 
     with reported_errors(ctx):
-        cfg = command_config(config, {"register": {"iterations": iterations,
+        cfg = command_config(ctx, config, {"register": {"iterations": iterations,
                                                    "joint": True if joint else None}})
         device = resolve_device(options(ctx).device)
         cameras = [read_camera(p) for p in _per_view(camera, len(image), "camera")]
@@ -75,9 +76,16 @@ def register_command(
         ensure_writable_dir(out)
         space, net, _meta = load_models(shapespace, unet, device)
         if transfer is not None:
-            from regtool.registration.transfer import read_named_points
+            from regtool.registration.transfer import (SURFACE_TOLERANCE, far_from_surface,
+                                                       read_named_points)
 
             named = read_named_points(transfer, space.units)
+            far = far_from_surface(space.canonical_vertices, space.faces, named)
+            if far:
+                listed = ", ".join(f"{n} ({d:.3g} {space.units})" for n, d in far.items())
+                warn(f"transfer points further than {SURFACE_TOLERANCE:.0%} of the object's "
+                     f"size from the canonical's surface: {listed}; they are projected onto "
+                     f"it (another frame or unit? see result.json transfer.far_from_surface)")
         loss = FeatureLoss(net, cfg.register.loss)
         observations = [make_observation(im, c, p, loss, cfg.register.mask_dilation, m)
                         for im, c, p, m in zip(images, cameras, poses, masks)]
@@ -87,7 +95,8 @@ def register_command(
             result = run_registration(space, net, observations, cfg, device,
                                       callback=lambda rec: advance(1, f"loss {rec.loss:.5f}"))
         extra = {"category": space.category, "units": space.units,
-                 "stop_reason": result.stop_reason,
+                 "stop_reason": result.stop_reason, "initial_loss": result.initial_loss,
+                 "descents": result.descents,
                  "shapespace": str(shapespace), "unet": str(unet),
                  "history": [{"iteration": h.iteration, "loss": h.loss, "lr": h.lr,
                                  "pose_step": h.pose_step, "seconds": h.seconds}
@@ -112,8 +121,6 @@ def register_command(
             frames=result.frames or None, timings=result.timings,
             versions=software_versions(get_context().info()["renderer"]),
             config=config_to_dict(cfg), extra=extra)
-        console.print(f"loss {result.initial_loss:.5f} -> {result.best_loss:.5f} "
-                      f"({len(result.history)} iterations, {result.stop_reason}, "
-                      f"{result.timings['total']:.1f} s)")
+        console.print(summary_line(result))
         names = ", ".join(sorted(p.name for p in paths.values()))
         console.print(f"results in [bold]{out}[/bold]: {names}")

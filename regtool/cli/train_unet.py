@@ -33,7 +33,7 @@ def train_unet_command(
     from regtool.features.train import side_paths, train_unet
 
     with reported_errors(ctx):
-        cfg = command_config(config, {"unet": {"steps": steps}})
+        cfg = command_config(ctx, config, {"unet": {"steps": steps}})
         opts = options(ctx)
         device = resolve_device(opts.device)
         name = category.replace(",", "+")

@@ -80,6 +80,8 @@ class RegistrationResult:
     frames: list[np.ndarray] = field(default_factory=list)
     final_images: list[np.ndarray] = field(default_factory=list)
     final_masks: list[np.ndarray] = field(default_factory=list)
+    # One summary per descent (start, losses, stop reason); `history` is the kept descent's.
+    descents: list[dict] = field(default_factory=list)
 
 
 def pose_increment_matrix(delta: torch.Tensor, radius: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -275,11 +277,15 @@ def register(space, faces: np.ndarray, observations: list[Observation], loss_fn:
         cams = posed_vertices(vertices * unit, poses, best["delta"], radius)
         finals = [render_fn(v.to(torch.float32), o.camera) for v, o in zip(cams, observations)]
     timings["total"] = time.perf_counter() - t_start
+    summary = {"start": "given code" if start_code is not None else config.start,
+               "losses": [h.loss for h in history], "best_iteration": int(best["iteration"]),
+               "best_loss": float(best["loss"]), "pose_warmup": warmup,
+               "stop_reason": stop_reason}
     return RegistrationResult(
         z=z, poses=final_poses, vertices=vertices.cpu().numpy(), history=history,
         best_iteration=int(best["iteration"]), best_loss=float(best["loss"]),
         initial_loss=float(initial_loss), stop_reason=stop_reason, timings=timings,
-        frames=frames,
+        frames=frames, descents=[summary],
         final_images=[im.detach().cpu().permute(1, 2, 0)[..., :3].numpy() for im, _ in finals],
         final_masks=[m.detach().cpu().numpy().astype(bool) for _, m in finals])
 
@@ -312,6 +318,10 @@ def _register_with_code_search(space, faces, observations, loss_fn, render_fn,
                       callback, start_code=best)
     result = first if first.best_loss <= second.best_loss else second
     result.initial_loss = first.initial_loss
+    first.descents[0]["start"] = "canonical"
+    second.descents[0]["start"] = "best training code"
+    result.descents = [{**d, "kept": r is result}
+                       for r in (first, second) for d in r.descents]
     result.timings = {k: first.timings[k] + second.timings[k] for k in first.timings}
     result.timings["search"] = search_s
     result.timings["total"] += search_s

@@ -99,3 +99,21 @@ def run_registration(space, unet, observations: list[Observation], config: Confi
 
     return register(space, space.faces, observations, loss_fn, render_fn, reg, device,
                     callback=callback)
+
+
+_STOP_REASONS = {"iterations": "at the iteration limit", "plateau": "on a plateau",
+                 "diverged": "diverged"}
+
+
+def summary_line(result: RegistrationResult) -> str:
+    """Return one console line: the first loss (result.json's `initial_loss`) -> the best loss,
+    each descent's loss evaluations (iterations + 1 final evaluation + the joint mode's pose
+    warm-up) and why it stopped, which descent was kept, and the total seconds."""
+    parts = []
+    for d in result.descents:
+        kept = ", kept" if d.get("kept") and len(result.descents) > 1 else ""
+        warmup = f" incl. {d['pose_warmup']} pose warm-up" if d["pose_warmup"] else ""
+        parts.append(f"from the {d['start']}: {len(d['losses'])} evaluations{warmup}, stopped "
+                     f"{_STOP_REASONS.get(d['stop_reason'], d['stop_reason'])}{kept}")
+    return (f"loss {result.initial_loss:.5f} -> {result.best_loss:.5f} "
+            f"({'; '.join(parts)}; {result.timings['total']:.1f} s)")

@@ -97,6 +97,30 @@ def _check_mesh(vertices: np.ndarray, faces: np.ndarray, name: str) -> tuple[np.
     return v, f
 
 
+SURFACE_TOLERANCE = 0.05  # fraction of the canonical's bounding-box diagonal
+
+
+def object_size(vertices: np.ndarray) -> float:
+    """Return the length of the bounding-box diagonal of vertices (V, 3), their units."""
+    v = np.asarray(vertices, dtype=np.float64)
+    return float(np.linalg.norm(v.max(axis=0) - v.min(axis=0)))
+
+
+def far_from_surface(canonical_vertices: np.ndarray, faces: np.ndarray,
+                     named_points: Mapping[str, np.ndarray],
+                     fraction: float = SURFACE_TOLERANCE) -> dict[str, float]:
+    """Return {name: distance to the canonical's surface} of the named points further than
+    `fraction` x the canonical's bounding-box diagonal from it (mesh units): points that were
+    probably given in another frame or unit (they are projected onto the surface)."""
+    names = list(named_points)
+    if not names:
+        return {}
+    pts = np.stack([np.asarray(named_points[n], dtype=np.float64).reshape(3) for n in names])
+    limit = fraction * object_size(canonical_vertices)
+    locations = locate_points(canonical_vertices, faces, pts)
+    return {n: loc.distance for n, loc in zip(names, locations) if loc.distance > limit}
+
+
 def locate_points(vertices: np.ndarray, faces: np.ndarray,
                   points: np.ndarray) -> list[SurfaceLocation]:
     """Return, for each point (N, 3), its closest surface point on the mesh (vertices (V, 3),
@@ -163,15 +187,22 @@ def transfer_record(canonical_vertices: np.ndarray, faces: np.ndarray,
                     units: str = "m") -> dict:
     """Return a JSON-ready record of a transfer: {"units", "frame": "object", "points": {name:
     [x, y, z] on the deformed mesh}, "canonical": {name: {"given", "face", "barycentric",
-    "distance_to_surface"}}} (same units as the inputs, named by `units`)."""
+    "distance_to_surface", "far_from_surface"}}, "surface_tolerance", "far_from_surface":
+    [names]} (same units as the inputs, named by `units`). A point is far from the surface when
+    its distance exceeds `surface_tolerance` = SURFACE_TOLERANCE x the canonical's bounding-box
+    diagonal."""
     names, pts, locations, moved = _transfer(canonical_vertices, faces, deformed_vertices,
                                              named_points)
+    limit = SURFACE_TOLERANCE * object_size(canonical_vertices)
     return {
         "units": units,
         "frame": "object",
         "points": {n: [float(c) for c in p] for n, p in zip(names, moved)},
         "canonical": {n: {"given": pts[i].tolist(), "face": loc.face,
                           "barycentric": loc.barycentric.tolist(),
-                          "distance_to_surface": loc.distance}
+                          "distance_to_surface": loc.distance,
+                          "far_from_surface": loc.distance > limit}
                       for i, (n, loc) in enumerate(zip(names, locations))},
+        "surface_tolerance": limit,
+        "far_from_surface": [n for n, loc in zip(names, locations) if loc.distance > limit],
     }

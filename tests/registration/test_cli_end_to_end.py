@@ -67,6 +67,12 @@ def test_register_writes_all_outputs(bottle_artifacts, observation, tmp_path, re
     names_given = set(json.loads((repo_root / "configs/examples/points.json")
                                  .read_text())["points"])
     assert set(record["transfer"]["points"]) == names_given
+    assert record["transfer"]["far_from_surface"] == []
+    assert "warning" not in result.output
+    # The console's first loss is result.json's initial loss, the first of the first descent.
+    assert record["initial_loss"] == record["descents"][0]["losses"][0]
+    assert f"loss {record['initial_loss']:.5f} ->" in result.output
+    assert sum(d["kept"] for d in record["descents"]) == 1
     import trimesh
 
     from regtool.shapespace.space import ShapeSpace

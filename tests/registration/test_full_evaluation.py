@@ -28,13 +28,12 @@ def _ok(args):
 @pytest.fixture(scope="module")
 def report(tmp_path_factory, repo_root):
     root = tmp_path_factory.mktemp("full")
-    cpu = str(repo_root / "configs" / "cpu.toml")  # the default U-Net profile needs a GPU
     _ok(["--seed", "0", "make-dataset", "--out", str(root / "dataset")])
     for c in CATEGORIES:
         _ok(["--seed", "0", "build-shapespace", "--dataset", str(root / "dataset"),
              "--category", c, "--out", str(root / c / "shapespace.npz")])
         _ok(["--seed", "0", "train-unet", "--dataset", str(root / "dataset"), "--category", c,
-             "--out", str(root / c / "unet.pt"), "--config", cpu])
+             "--out", str(root / c / "unet.pt")])
     _ok(["--seed", "0", "evaluate", "--dataset", str(root / "dataset"), "--category", "all",
          "--shapespace", str(root / "{category}" / "shapespace.npz"),
          "--unet", str(root / "{category}" / "unet.pt"), "--out", str(root / "evaluation")])

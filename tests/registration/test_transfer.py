@@ -9,8 +9,8 @@ import pytest
 import trimesh
 
 from regtool.errors import RegistrationError
-from regtool.registration.transfer import (locate_points, parse_named_points, read_named_points,
-                                           transfer_points, transfer_record)
+from regtool.registration.transfer import (far_from_surface, locate_points, parse_named_points,
+                                           read_named_points, transfer_points, transfer_record)
 
 
 def box():
@@ -107,16 +107,33 @@ def test_bad_points_files(tmp_path, data, words):
         parse_named_points(data)
 
 
-def test_example_points_lie_on_the_canonical_bottle(repo_root):
-    from regtool.data.procedural import canonical_params, generate_mesh
+def test_example_points_lie_on_the_canonical_bottle(repo_root, dataset_dir):
+    """configs/examples/points.json fits the built-in bottle as make-dataset writes it (centred
+    on its bounding box): every point within a voxel of the surface, none flagged."""
+    from regtool.data.dataset import load_category
 
-    mesh = generate_mesh("bottle", canonical_params("bottle"), 0.004)
+    canonical = load_category(dataset_dir, "bottle").canonical
     named = read_named_points(repo_root / "configs" / "examples" / "points.json")
-    vertices, faces = np.asarray(mesh.vertices), np.asarray(mesh.faces)
+    vertices, faces = np.asarray(canonical.vertices), np.asarray(canonical.faces)
     locations = locate_points(vertices, faces, np.stack(list(named.values())))
-    assert max(loc.distance for loc in locations) < 0.004  # within a voxel of the surface
-    # A taller, slimmer bottle (scaled about the base): the cap moves up with it.
+    assert max(loc.distance for loc in locations) < 0.003  # within a voxel of the surface
+    assert far_from_surface(vertices, faces, named) == {}
+    # A taller, slimmer bottle (scaled about its centre): the cap moves up with it.
     deformed = vertices * np.array([0.9, 0.9, 1.2])
     out = transfer_points(vertices, faces, deformed, named)
-    assert out["cap_top"][2] == pytest.approx(0.23 * 1.2, abs=0.005)
+    assert out["cap_top"][2] == pytest.approx(0.115 * 1.2, abs=0.004)
     assert abs(out["body_side"][0]) == pytest.approx(0.036 * 0.9, abs=0.004)
+
+
+def test_points_far_from_the_surface_are_flagged():
+    """Points given for a bottle standing on z = 0 (the old example) on a centred one: flagged
+    by far_from_surface and in the transfer record; points on the surface are not."""
+    vertices, faces = box()  # 0.1 x 0.06 x 0.2 m, diagonal 0.231 m: tolerance 11.6 mm
+    named = {"on": np.array([0.05, 0.0, 0.0]), "near": np.array([0.06, 0.0, 0.0]),
+             "above": np.array([0.0, 0.0, 0.2])}
+    far = far_from_surface(vertices, faces, named)
+    assert list(far) == ["above"] and far["above"] == pytest.approx(0.1)
+    record = transfer_record(vertices, faces, vertices, named)
+    assert record["far_from_surface"] == ["above"]
+    assert record["surface_tolerance"] == pytest.approx(0.05 * np.sqrt(0.1**2 + 0.06**2 + 0.2**2))
+    assert [record["canonical"][n]["far_from_surface"] for n in named] == [False, False, True]
