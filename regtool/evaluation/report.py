@@ -22,7 +22,8 @@ Output (`write_report`), all in one output folder, all files or none:
 * ``results.csv`` -- the same numbers in the report unit, one line per instance / mean row;
 * ``results.json`` -- rows in the dataset's units (as given), per-category and overall means,
   ratios, columns, units, and the environment, config and timings given by the caller;
-* ``errors.png`` -- bar chart of the mean error per method per category (and overall).
+* ``errors.png`` -- bar chart of the mean error per method per category (and overall with
+  several categories), error bars of +/- the mean per-instance standard deviation.
 
 Mean rows: the mean over instances of the per-instance means, "±" the mean over instances of the
 per-instance stds; the overall row averages over all instances.
@@ -300,27 +301,44 @@ def _csv(rows, columns, summary, unit, scale) -> str:
     return buf.getvalue()
 
 
+def chart_series(summary: Mapping[str, Any], columns: Sequence[Column], scale: float
+                 ) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """Return (groups, means, stds) of the bar chart: the categories, plus "all" when there is
+    more than one, and (len(columns), len(groups)) arrays of the mean error and the mean
+    per-instance std times `scale` (NaN where a column has no value)."""
+    groups = list(summary["per_category"])
+    stats = [summary["per_category"][g] for g in groups]
+    if len(groups) > 1:
+        groups.append("all")
+        stats.append(summary["overall"])
+    means = np.array([[s[c.key]["mean"] * scale if s[c.key] else np.nan for s in stats]
+                      for c in columns], dtype=float).reshape(len(columns), len(groups))
+    stds = np.array([[s[c.key]["std"] * scale if s[c.key] else np.nan for s in stats]
+                     for c in columns], dtype=float).reshape(len(columns), len(groups))
+    return groups, means, stds
+
+
 def bar_chart_png(summary: Mapping[str, Any], columns: Sequence[Column], unit: str,
                   scale: float, title: str) -> bytes:
     """Return a PNG (matplotlib Agg, no global pyplot state): grouped bars of the mean error in
-    `unit` per method (bar colour) per category and overall (groups on the x axis)."""
+    `unit` per method (bar colour) per category and overall (groups on the x axis; "all" only
+    with several categories), each with an error bar of the mean per-instance std."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    groups = list(summary["per_category"]) + ["all"]
-    stats = [summary["per_category"][g] if g != "all" else summary["overall"] for g in groups]
+    groups, means, stds = chart_series(summary, columns, scale)
     fig = Figure(figsize=(max(6.0, 0.25 * len(groups) * len(columns) + 4.0), 4.2), dpi=100)
     FigureCanvasAgg(fig)
     ax = fig.add_subplot(1, 1, 1)
     width = 0.8 / max(1, len(columns))
     x = np.arange(len(groups))
     for j, col in enumerate(columns):
-        heights = [s[col.key]["mean"] * scale if s[col.key] else np.nan for s in stats]
-        ax.bar(x + (j - (len(columns) - 1) / 2) * width, heights, width,
+        ax.bar(x + (j - (len(columns) - 1) / 2) * width, means[j], width, yerr=stds[j],
+               capsize=2, error_kw={"elinewidth": 0.8, "alpha": 0.7},
                label=column_title(col), color=f"C{j % 10}")
     ax.set_xticks(x)
     ax.set_xticklabels(groups)
-    ax.set_ylabel(f"mean error ({UNIT_LABEL.get(unit, unit)})")
+    ax.set_ylabel(f"mean error ({UNIT_LABEL.get(unit, unit)}), bars: +/- std")
     ax.set_title(title)
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     ax.grid(axis="y", alpha=0.3)

@@ -221,8 +221,10 @@ def register(space, faces: np.ndarray, observations: list[Observation], loss_fn:
             total = total + loss_fn(image[None, :3], i).to(torch.float64)
             timings["features"] += time.perf_counter() - t0
             if i == 0 and config.gif:
-                frames.append(_frame(image, obs.image))
+                shown = (image, mask)
         loss = float(total.detach())
+        if config.gif:
+            frames.append(_frame(*shown, observations[0], it, loss, pose_step))
         if it == 0:
             initial_loss = loss
         if not np.isfinite(loss) or (np.isfinite(initial_loss) and initial_loss > 0
@@ -406,10 +408,14 @@ def _inverse_norm(grad: torch.Tensor) -> float:
     return 1.0 / norm if norm > 0 else 0.0
 
 
-def _frame(image: torch.Tensor, observed: np.ndarray) -> np.ndarray:
-    """Return a uint8 (H, 2W, 3) frame: observation | rendering."""
+def _frame(image: torch.Tensor, mask: torch.Tensor, observation: Observation, iteration: int,
+           loss: float, pose_step: bool) -> np.ndarray:
+    """Return a uint8 GIF frame: the labelled overlay figure of the first view (observation |
+    rendering | outlines) captioned with the iteration and the loss."""
+    from regtool.registration.figures import frame_caption, overlay_figure
+
     rendered = image.detach().cpu().permute(1, 2, 0)[..., :3].numpy()
     if rendered.shape[-1] == 1:
         rendered = np.repeat(rendered, 3, axis=-1)
-    both = np.concatenate([observed, rendered], axis=1)
-    return (np.clip(both, 0, 1) * 255).astype(np.uint8)
+    return overlay_figure(observation.image, rendered, mask.detach().cpu().numpy() > 0,
+                          observation.mask, frame_caption(iteration, loss, pose_step))

@@ -8,8 +8,10 @@ A result folder holds:
 * ``result.json`` -- latent code z, final (and initial) object -> camera pose per view, loss per
   iteration, timings, software versions (regtool, torch, numpy, GL renderer), the config;
 * ``overlay.png`` -- per view one row: observation | final rendering | 50/50 blend with the
-  silhouette outline of the observed mask (green) and of the rendered mask (magenta);
-* ``optimisation.gif`` -- the frames of the optimisation given by the caller (optional).
+  silhouette outline of the observed mask (green) and of the rendered mask (magenta), with
+  panel titles and a legend (`figures.overlay_figure`);
+* ``optimisation.gif`` -- the frames of the optimisation given by the caller (optional; from
+  `register`: the same figure for the first view with the iteration and loss on each frame).
 
 All files of one call appear together or not at all: they are written into a hidden staging
 folder inside the output folder and renamed into place only once every one of them has been
@@ -271,8 +273,11 @@ def write_registration(out_dir: Path, *, vertices: np.ndarray, faces: np.ndarray
     faces = np.asarray(faces, dtype=np.int64)
     validate_mesh(vertices, faces, "deformed mesh")
     record = result_record(z, views, losses, timings, versions, config, extra)
-    rows = [overlay_image(v.observed, v.rendered, v.rendered_mask, v.observed_mask)
-            for v in views]
+    from regtool.registration.figures import overlay_figure  # figures draws on this module
+
+    rows = [overlay_figure(v.observed, v.rendered, v.rendered_mask, v.observed_mask,
+                           f"view {i + 1} of {len(views)}" if len(views) > 1 else None)
+            for i, v in enumerate(views)]
     if len({r.shape[1] for r in rows}) > 1:
         width = max(r.shape[1] for r in rows)
         rows = [np.pad(r, ((0, 0), (0, width - r.shape[1]), (0, 0))) for r in rows]

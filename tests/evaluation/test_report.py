@@ -199,3 +199,18 @@ def test_pose_recovery_per_category_and_in_the_report(tmp_path):
     plain = tmp_path / "plain"
     write_report(plain, make_rows(), dataset_units="m")
     assert "Pose recovery" not in (plain / "report.md").read_text()
+
+
+def test_chart_series_groups_and_error_bars():
+    rows = make_rows()
+    groups, means, stds = report.chart_series(report.summarise(rows), COLUMNS, 1000.0)
+    assert groups == ["bottle", "drill", "all"]
+    assert means.shape == stds.shape == (len(COLUMNS), 3)
+    bottle = [r for r in rows if r["category"] == "bottle"]
+    assert stds[0, 0] == pytest.approx(1000 * np.mean([r[COLUMNS[0].key]["std"] for r in bottle]))
+    assert means[0, 2] == pytest.approx(1000 * np.mean([r[COLUMNS[0].key]["mean"] for r in rows]))
+    # One category: no duplicate "all" group.
+    groups, means, _ = report.chart_series(report.summarise(bottle), COLUMNS, 1.0)
+    assert groups == ["bottle"] and means.shape == (len(COLUMNS), 1)
+    png = report.bar_chart_png(report.summarise(bottle), COLUMNS, "mm", 1000.0, "t")
+    assert iio.imread(png).ndim == 3

@@ -14,6 +14,7 @@ import trimesh
 from regtool.errors import MeshError, OutputError, RegistrationError
 from regtool.geometry.camera import CameraIntrinsics, Pose
 from regtool.geometry.mesh import load_mesh
+from regtool.registration.figures import BAR_HEIGHT, overlay_figure
 from regtool.registration.result import (OBSERVED_OUTLINE_RGB, RENDERED_OUTLINE_RGB, ViewResult,
                                          gif_bytes, mask_outline, overlay_image,
                                          software_versions, write_registration)
@@ -137,7 +138,9 @@ def test_write_registration_all_files(tmp_path):
     assert set(rec["files"]) == names
 
     overlay = iio.imread(out / "overlay.png")
-    assert overlay.shape[:2] == (H, 3 * W)
+    view = make_view()
+    np.testing.assert_array_equal(overlay[..., :3], overlay_figure(
+        view.observed, view.rendered, view.rendered_mask, view.observed_mask))
     assert iio.imread(out / "optimisation.gif").shape[0] == 4
 
 
@@ -146,7 +149,11 @@ def test_multi_view_overlay_and_no_gif(tmp_path):
     out = tmp_path / "reg"
     write_registration(out, vertices=vertices, faces=faces, z=np.zeros(3),
                        views=[make_view(0), make_view(2)], losses=[0.1])
-    assert iio.imread(out / "overlay.png").shape[:2] == (2 * H, 3 * W)
+    rows = [overlay_figure(v.observed, v.rendered, v.rendered_mask, v.observed_mask,
+                           f"view {i + 1} of 2") for i, v in enumerate((make_view(0),
+                                                                        make_view(2)))]
+    np.testing.assert_array_equal(iio.imread(out / "overlay.png")[..., :3],
+                                  np.concatenate(rows, axis=0))
     assert not (out / "optimisation.gif").exists()
     rec = json.loads((out / "result.json").read_text())
     assert len(rec["views"]) == 2 and rec["views"][1]["image"] == "view2.png"
@@ -219,6 +226,7 @@ def test_real_renderings_end_to_end(tmp_path, repo_root):
     pose = read_pose(examples / "pose.json")
     mesh = generate_mesh("bottle", canonical_params("bottle"), 0.004)
     vertices, faces = np.asarray(mesh.vertices), np.asarray(mesh.faces)
+    vertices = vertices - (vertices.max(axis=0) + vertices.min(axis=0)) / 2  # as make-dataset
     observed_vertices = vertices * np.array([1.25, 1.25, 0.85])
     rng = np.random.default_rng(0)
     background = random_background(rng, camera.height, camera.width)
@@ -238,11 +246,13 @@ def test_real_renderings_end_to_end(tmp_path, repo_root):
     write_registration(out, vertices=verts, faces=faces, z=np.zeros(5), views=[view],
                        losses=[0.4, 0.3, 0.25, 0.24], frames=frames, versions=versions)
     overlay = iio.imread(out / "overlay.png")[..., :3]
-    blend = overlay[:, 2 * camera.width:]
+    # The figure shows the 160x120 panels at 2x below a title bar.
+    blend = overlay[BAR_HEIGHT:BAR_HEIGHT + 2 * camera.height, 4 * camera.width:]
     magenta = (blend == RENDERED_OUTLINE_RGB).all(axis=-1)
     green = (blend == OBSERVED_OUTLINE_RGB).all(axis=-1)
-    assert magenta.sum() > 50 and green.sum() > 50
-    assert rendered.mask[magenta].all() and obs.mask[green].all()
+    assert magenta.sum() > 100 and green.sum() > 100
+    assert rendered.mask.repeat(2, 0).repeat(2, 1)[magenta].all()
+    assert obs.mask.repeat(2, 0).repeat(2, 1)[green].all()
     # The observed bottle is wider: its outline reaches further left/right than the rendering's.
     cols_g, cols_m = np.nonzero(green)[1], np.nonzero(magenta)[1]
     assert cols_g.max() - cols_g.min() > cols_m.max() - cols_m.min()
