@@ -127,7 +127,7 @@ def fit_image_size(image: np.ndarray, expected_size: tuple[int, int] | None, res
         return image, False
     if not resize:
         raise RegistrationError(f"{source} is {image.shape[1]}x{image.shape[0]} pixels but the "
-                                f"camera expects {w}x{h}; refusing to resize (allow resizing, "
+                                f"camera expects {w}x{h}; refusing to resize (pass --resize to resize it, "
                                 f"or pass an image/camera of matching size)")
     from skimage.transform import resize as sk_resize
 
