@@ -20,16 +20,14 @@ from typing import Any, get_args, get_origin, get_type_hints
 from regtool.errors import ConfigError
 
 
-def _rng(lo: float | None = None, hi: float | None = None, choices: tuple | None = None) -> dict:
-    return {"min": lo, "max": hi, "choices": choices}
-
-
 def _f(default: Any, lo: float | None = None, hi: float | None = None,
-       choices: tuple | None = None) -> Any:
-    """A dataclass field with a validation range (inclusive) or a set of allowed values."""
+       choices: tuple | None = None, doc: str = "", unit: str = "") -> Any:
+    """A dataclass field with a validation range (inclusive) or a set of allowed values, and
+    its documentation: `doc` (what it does) and `unit` (docs/config.md is made from these)."""
+    meta = {"min": lo, "max": hi, "choices": choices, "doc": doc, "unit": unit}
     if isinstance(default, (list, tuple)):
-        return field(default_factory=lambda: tuple(default), metadata=_rng(lo, hi, choices))
-    return field(default=default, metadata=_rng(lo, hi, choices))
+        return field(default_factory=lambda: tuple(default), metadata=meta)
+    return field(default=default, metadata=meta)
 
 
 CATEGORIES = ("bottle", "camera", "drill", "spray")
@@ -39,13 +37,15 @@ CATEGORIES = ("bottle", "camera", "drill", "spray")
 class MakeDatasetConfig:
     """`regtool make-dataset`: the procedural category generator."""
 
-    categories: tuple[str, ...] = _f(CATEGORIES, choices=CATEGORIES)
-    n_train: int = _f(10, 2, 1000)
-    n_test: int = _f(2, 1, 1000)
-    eval_points: int = _f(2000, 10, 1_000_000)
-    voxel_size: float = _f(0.003, 0.0005, 0.02)  # marching-cubes grid step, metres
-    contact_sheet: bool = _f(True)
-    contact_sheet_size: int = _f(160, 32, 1024)  # pixels per tile
+    categories: tuple[str, ...] = _f(CATEGORIES, choices=CATEGORIES,
+                                     doc="procedural categories to generate")
+    n_train: int = _f(10, 2, 1000, doc="training meshes per category")
+    n_test: int = _f(2, 1, 1000, doc="test meshes per category")
+    eval_points: int = _f(2000, 10, 1_000_000,
+                          doc="surface points of each test mesh's evaluation point set")
+    voxel_size: float = _f(0.003, 0.0005, 0.02, unit="m", doc="marching-cubes grid step")
+    contact_sheet: bool = _f(True, doc="write <category>/contact_sheet.png")
+    contact_sheet_size: int = _f(160, 32, 1024, unit="px", doc="tile size of the contact sheet")
 
 
 @dataclass(frozen=True)
@@ -56,91 +56,128 @@ class ShapeSpaceConfig:
     same values serve objects in metres or millimetres.
     """
 
-    latent_dim: int = _f(5, 1, 64)
-    template_points: int = _f(1500, 50, 100_000)
-    target_points: int = _f(1500, 50, 100_000)
-    beta: float = _f(2.0, 1e-3, 100.0)
-    lambda_: float = _f(2.0, 1e-6, 1e6)
-    w: float = _f(0.0, 0.0, 0.99)
-    tolerance: float = _f(1e-5, 0.0, 1.0)
-    max_iterations: int = _f(150, 1, 100_000)
-    lowrank_threshold: int = _f(4000, 10, 10_000_000)
-    lowrank_rank: int = _f(300, 2, 100_000)
-    basis: str = _f("displacement", choices=("displacement", "weights"))
-    report_points: int = _f(2000, 10, 1_000_000)  # surface points per instance for the report
+    latent_dim: int = _f(5, 1, 64, doc="latent dimensions (clamped to training meshes - 1)")
+    template_points: int = _f(1500, 50, 100_000,
+                              doc="CPD template points sampled on the canonical")
+    target_points: int = _f(1500, 50, 100_000,
+                            doc="CPD target points sampled on each training mesh")
+    beta: float = _f(2.0, 1e-3, 100.0, unit="RMS radii",
+                     doc="width of CPD's Gaussian kernel (normalised point sets)")
+    lambda_: float = _f(2.0, 1e-6, 1e6, doc="CPD's coherence (smoothness) weight")
+    w: float = _f(0.0, 0.0, 0.99, doc="CPD's outlier weight (uniform-noise share)")
+    tolerance: float = _f(1e-5, 0.0, 1.0, unit="RMS radii^2", doc="CPD stops when its "
+                          "variance sigma^2 changes by at most this (normalised point sets)")
+    max_iterations: int = _f(150, 1, 100_000, doc="CPD's iteration limit")
+    lowrank_threshold: int = _f(4000, 10, 10_000_000,
+                                doc="template points from which CPD uses a low-rank kernel")
+    lowrank_rank: int = _f(300, 2, 100_000, doc="rank of the low-rank kernel")
+    basis: str = _f("displacement", choices=("displacement", "weights"),
+                    doc="PCA over displacement fields at the canonical's vertices (DESIGN.md) "
+                    "or over CPD's kernel weights")
+    report_points: int = _f(2000, 10, 1_000_000,
+                            doc="surface points per instance for the report's distances")
 
 
 @dataclass(frozen=True)
 class RenderConfig:
     """Image size and the observing camera used by dataset rendering, training and evaluation."""
 
-    width: int = _f(160, 8, 8192)
-    height: int = _f(120, 8, 8192)
-    fov_y_deg: float = _f(40.0, 1.0, 170.0)
-    distance: float = _f(0.6, 0.01, 100.0)  # working distance camera -> object origin, metres
-    image_type: str = _f("rgb", choices=("rgb", "normals", "mask"))
-    silhouette_dilation: int = _f(2, 0, 32)  # pixels
+    width: int = _f(160, 8, 8192, unit="px", doc="image width of renderings (make-dataset's "
+                    "contact sheets, register's renderer settings)")
+    height: int = _f(120, 8, 8192, unit="px", doc="image height of renderings")
+    fov_y_deg: float = _f(40.0, 1.0, 170.0, unit="deg",
+                          doc="vertical field of view of the training and evaluation camera")
+    distance: float = _f(0.6, 0.01, 100.0, unit="m",
+                         doc="working distance from the camera to the object origin")
+    image_type: str = _f("rgb", choices=("rgb", "normals", "mask"),
+                         doc="image type of the differentiable renderer; register always "
+                         "renders rgb")
+    silhouette_dilation: int = _f(2, 0, 32, unit="px", doc="the differentiable renderer's "
+                                  "band outside the silhouette that takes the nearest surface "
+                                  "point, so edges move")
 
 
 @dataclass(frozen=True)
 class UNetConfig:
     """`regtool train-unet`: architecture and training schedule."""
 
-    base_channels: int = _f(8, 2, 256)
-    depth: int = _f(3, 1, 7)
-    feature_channels: int = _f(16, 1, 1024)  # the paper's network (gpu profile): 64
-    image_width: int = _f(160, 16, 4096)
-    image_height: int = _f(120, 16, 4096)
-    steps: int = _f(1500, 1, 10_000_000)
-    batch_size: int = _f(8, 1, 4096)
-    learning_rate: float = _f(2e-3, 1e-8, 10.0)
-    val_views: int = _f(32, 1, 100_000)
-    val_every: int = _f(100, 1, 10_000_000)
-    checkpoint_every: int = _f(100, 1, 10_000_000)
-    render_workers: int = _f(1, 0, 64)
-    distance_jitter: float = _f(0.2, 0.0, 0.9)  # relative jitter of the working distance
-    train_threads: int = _f(0, 0, 256)  # torch threads; 0: cores - max(1, render_workers)
+    base_channels: int = _f(8, 2, 256, doc="channels of the first U-Net level (doubling per "
+                            "level)")
+    depth: int = _f(3, 1, 7, doc="U-Net levels")
+    feature_channels: int = _f(16, 1, 1024, doc="channels of the feature layer register "
+                               "compares in (the paper's network, gpu profile: 64)")
+    image_width: int = _f(160, 16, 4096, unit="px", doc="training view width")
+    image_height: int = _f(120, 16, 4096, unit="px", doc="training view height")
+    steps: int = _f(1500, 1, 10_000_000, doc="optimiser steps")
+    batch_size: int = _f(8, 1, 4096, doc="views per step")
+    learning_rate: float = _f(2e-3, 1e-8, 10.0, doc="AdamW's peak learning rate (linear "
+                              "warm-up over 5 % of the steps, then cosine decay to 2 %)")
+    val_views: int = _f(32, 1, 100_000, doc="validation views (and views of the test meshes)")
+    val_every: int = _f(100, 1, 10_000_000, unit="steps", doc="validation interval")
+    checkpoint_every: int = _f(100, 1, 10_000_000, unit="steps", doc="checkpoint interval")
+    render_workers: int = _f(1, 0, 64, doc="processes rendering training views (0: render "
+                             "in the training process)")
+    distance_jitter: float = _f(0.2, 0.0, 0.9, unit="fraction",
+                                doc="relative jitter of the working distance of training views")
+    train_threads: int = _f(0, 0, 256, doc="torch threads; 0: cores - max(1, render_workers)")
 
 
 @dataclass(frozen=True)
 class RegisterConfig:
     """`regtool register`: the render-and-compare optimisation (StilllebenDR, Sec. 3.3)."""
 
-    iterations: int = _f(30, 1, 100_000)
-    learning_rate: float = _f(0.1, 1e-8, 1e4)
-    # Length of the first pose step (radians / object radii). Small: the pose loss is rugged and
-    # longer steps drift from a good pose (pose-noise error 3.04 -> 2.86 mm from 0.05 to 0.01).
-    pose_learning_rate: float = _f(0.01, 1e-8, 1e4)
-    momentum: float = _f(0.9, 0.0, 1.0)
-    lr_decay: float = _f(0.95, 0.0, 1.0)
-    pose_every: int = _f(3, 1, 1000)
-    pose_warmup: int = _f(10, 0, 100_000)  # pose-only iterations before joint updates
-    pose_search_deg: float = _f(10.0, 0.0, 90.0)  # coarse rotation grid step; 0: no search
-    latent_bound: float = _f(3.0, 0.1, 100.0)  # |z_j| / sqrt(explained variance_j) at most
-    plateau_patience: int = _f(15, 1, 100_000)
-    plateau_tolerance: float = _f(1e-4, 0.0, 1.0)
-    # "features": the paper's comparison; "features+mask" adds the U-Net's object probability.
-    loss: str = _f("features+mask", choices=("features", "rgb", "mask", "features+mask"))
-    # "canonical": one descent from z_c (the paper); "mean": from z = 0; "search": a second
-    # descent from the best-fitting training code, keeping the better (optimise.register).
-    start: str = _f("search", choices=("canonical", "mean", "search"))
-    joint: bool = _f(False)
+    iterations: int = _f(30, 1, 100_000, doc="iterations per descent (each scores N + 1 "
+                         "states: the last evaluation scores the final state)")
+    learning_rate: float = _f(0.1, 1e-8, 1e4, unit="latent std",
+                              doc="length of the first shape step")
+    pose_learning_rate: float = _f(0.01, 1e-8, 1e4, unit="rad / object radii",
+                                   doc="length of the first pose step; small because the pose "
+                                   "loss is rugged (docs/experiments.md)")
+    momentum: float = _f(0.9, 0.0, 1.0, doc="SGD momentum")
+    lr_decay: float = _f(0.95, 0.0, 1.0, doc="learning-rate factor per step")
+    pose_every: int = _f(3, 1, 1000, unit="iterations", doc="joint mode: one pose step per "
+                         "this many shape steps")
+    pose_warmup: int = _f(10, 0, 100_000, unit="iterations",
+                          doc="joint mode: pose-only iterations before the joint ones")
+    pose_search_deg: float = _f(10.0, 0.0, 90.0, unit="deg", doc="joint mode: step of the "
+                                "coarse rotation grid tried before the warm-up; 0: none")
+    latent_bound: float = _f(3.0, 0.1, 100.0, unit="latent std",
+                             doc="|z_j| / sqrt(explained variance_j) at most")
+    plateau_patience: int = _f(15, 1, 100_000, unit="iterations",
+                               doc="stop after this many iterations without improvement")
+    plateau_tolerance: float = _f(1e-4, 0.0, 1.0, unit="fraction",
+                                  doc="relative loss decrease that counts as improvement")
+    loss: str = _f("features+mask", choices=("features", "rgb", "mask", "features+mask"),
+                   doc="image comparison: the paper's aggregated features, plus the U-Net's "
+                   "object probability (default), the probability alone, or RGB")
+    start: str = _f("search", choices=("canonical", "mean", "search"),
+                    doc="canonical: one descent from the canonical's code (the paper); mean: "
+                    "from z = 0; search: a second descent from the best-fitting training "
+                    "code, keeping the better")
+    joint: bool = _f(False, doc="also optimise the pose (register --joint)")
     pose_axes: tuple[str, ...] = _f(("rx", "ry", "rz", "tx", "ty"),
-                                    choices=("rx", "ry", "rz", "tx", "ty", "tz"))
-    mask_dilation: int = _f(8, 0, 256)  # pixels added around the U-Net's object region
-    supersample: int = _f(3, 1, 8)  # render at N x the image size, average down (anti-aliasing)
-    centre_start: bool = _f(True)  # joint mode: first centre the silhouette on the object region
-    gif: bool = _f(True)
+                                    choices=("rx", "ry", "rz", "tx", "ty", "tz"),
+                                    doc="joint mode: pose parameters optimised (rotations "
+                                    "about and translations along the camera axes)")
+    mask_dilation: int = _f(8, 0, 256, unit="px",
+                            doc="pixels added around the object region the loss is taken in")
+    supersample: int = _f(3, 1, 8, doc="render at N x the image size and average down "
+                          "(anti-aliasing)")
+    centre_start: bool = _f(True, doc="joint mode: first centre the silhouette on the object "
+                            "region")
+    gif: bool = _f(True, doc="write optimisation.gif")
 
 
 @dataclass(frozen=True)
 class EvaluateConfig:
     """`regtool evaluate`: the paper's Table 1 protocol (Sec. 4.2, 4.3)."""
 
-    pose_noise_xy: float = _f(0.05, 0.0, 10.0)  # metres, uniform in [-x, x]
-    pose_noise_deg: float = _f(15.0, 0.0, 180.0)  # degrees, uniform in [-a, a] about each axis
-    noise_draws: int = _f(3, 1, 1000)
-    workers: int = _f(0, 0, 256)  # 0: one per available core
+    pose_noise_xy: float = _f(0.05, 0.0, 10.0, unit="m",
+                              doc="pose noise: x/y translation uniform in [-x, x]")
+    pose_noise_deg: float = _f(15.0, 0.0, 180.0, unit="deg",
+                               doc="pose noise: rotation uniform in [-a, a] about each axis")
+    noise_draws: int = _f(3, 1, 1000, doc="pose-noise draws per test instance")
+    workers: int = _f(0, 0, 256, doc="parallel processes; 0: one per available core")
 
 
 @dataclass(frozen=True)
@@ -277,3 +314,47 @@ def config_to_dict(config: Config) -> dict[str, Any]:
         return list(v) if isinstance(v, tuple) else v
     return {f.name: {k: conv(v) for k, v in dataclasses.asdict(getattr(config, f.name)).items()}
             for f in dataclasses.fields(config)}
+
+
+SECTION_COMMANDS = {"make_dataset": "make-dataset", "shapespace": "build-shapespace",
+                    "render": "make-dataset, train-unet, register, evaluate",
+                    "unet": "train-unet", "register": "register, evaluate",
+                    "evaluate": "evaluate"}
+
+
+def config_reference_markdown() -> str:
+    """Return docs/config.md: every key of every section with its meaning, unit, default,
+    allowed values and the commands that read it, from the dataclass field metadata."""
+    hints = get_type_hints(Config)
+    lines = ["# Configuration reference", "",
+             "Generated from `regtool/config.py` by `python scripts/config_docs.py` (a test "
+             "keeps it current). Defaults are the built-in (CPU) profile; "
+             "`regtool/profiles/gpu.toml` overrides the U-Net and image size. A config file "
+             "(`--config FILE`) sets any subset of these keys in TOML tables named like the "
+             "sections.", ""]
+    for section in dataclasses.fields(Config):
+        cls = hints[section.name]
+        lines += [f"## [{section.name}]", "", (cls.__doc__ or "").strip().splitlines()[0], "",
+                  f"Read by: {SECTION_COMMANDS[section.name]}.", "",
+                  "| key | default | unit | allowed | meaning |",
+                  "| --- | --- | --- | --- | --- |"]
+        for f in dataclasses.fields(cls):
+            meta = f.metadata
+            default = getattr(cls(), f.name)
+            if isinstance(default, tuple):
+                default = list(default)
+            allowed = (", ".join(map(str, meta["choices"])) if meta.get("choices") else
+                       f"{meta['min']} .. {meta['max']}" if meta.get("min") is not None
+                       else "")
+            lines.append(f"| `{f.name}` | `{json_literal(default)}` | {meta.get('unit', '')} "
+                         f"| {allowed} | {meta.get('doc', '')} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def json_literal(value: Any) -> str:
+    """Return `value` as a TOML/JSON literal (true/false, quoted strings, lists)."""
+    import json
+
+    return json.dumps(value)
+

@@ -94,3 +94,18 @@ def test_overrides_beat_the_file_and_none_is_ignored(tmp_path):
     (tmp_path / "c.toml").write_text("[register]\niterations = 7\nlearning_rate = 0.5\n")
     c = load_config(tmp_path / "c.toml", {"register": {"iterations": 3, "learning_rate": None}})
     assert c.register.iterations == 3 and c.register.learning_rate == 0.5
+
+
+def test_config_reference_is_current_and_complete(repo_root):
+    """docs/config.md is what scripts/config_docs.py writes now, and every key is documented."""
+    import dataclasses
+    from typing import get_type_hints
+
+    from regtool.config import config_reference_markdown
+
+    doc = (repo_root / "docs" / "config.md").read_text(encoding="utf-8")
+    assert doc == config_reference_markdown(), "run scripts/config_docs.py"
+    for section in dataclasses.fields(Config):
+        for f in dataclasses.fields(get_type_hints(Config)[section.name]):
+            assert f.metadata["doc"], f"{section.name}.{f.name} has no doc"
+            assert f"| `{f.name}` |" in doc
