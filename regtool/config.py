@@ -166,6 +166,10 @@ class RegisterConfig:
     centre_start: bool = _f(True, doc="joint mode: first centre the silhouette on the object "
                             "region")
     gif: bool = _f(True, doc="write optimisation.gif")
+    threads: int = _f(1, 0, 256, doc="torch CPU threads of `regtool register`; 0: torch's "
+                      "default (one per core). At 160x120 a second thread gains little, and "
+                      "two threads on a busy 2-core CPU stall each other (96 s against 8 s "
+                      "measured); evaluate's workers divide the cores among themselves")
 
 
 @dataclass(frozen=True)

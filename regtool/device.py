@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import torch
 
 from regtool.errors import DeviceError
@@ -20,3 +23,16 @@ def resolve_device(name: str) -> torch.device:
             raise DeviceError(f"--device {name}: only {torch.cuda.device_count()} GPU(s) present")
         return dev
     raise DeviceError(f"unknown device '{name}' (use cpu or cuda)")
+
+
+@contextlib.contextmanager
+def torch_threads(threads: int) -> Iterator[None]:
+    """Run the block with `threads` torch CPU threads (0: leave torch's setting), restoring the
+    previous count afterwards."""
+    before = torch.get_num_threads()
+    if threads > 0:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

@@ -49,7 +49,7 @@ def register_command(
     (PLY, OBJ), result.json, overlay.png and optimisation.gif."""
     import numpy as np
 
-    from regtool.device import resolve_device
+    from regtool.device import resolve_device, torch_threads
     from regtool.errors import RegistrationError
     from regtool.features.compare import FeatureLoss
     from regtool.io import ensure_writable_dir
@@ -91,7 +91,8 @@ def register_command(
                         for im, c, p, m in zip(images, cameras, poses, masks)]
         reg = cfg.register
         steps = reg.iterations + 1 + (reg.pose_warmup if reg.joint else 0)
-        with progress_bar("register", steps * (2 if reg.start == "search" else 1)) as advance:
+        with (progress_bar("register", steps * (2 if reg.start == "search" else 1)) as advance,
+              torch_threads(reg.threads)):
             result = run_registration(space, net, observations, cfg, device,
                                       callback=lambda rec: advance(1, f"loss {rec.loss:.5f}"))
         extra = {"category": space.category, "units": space.units,
