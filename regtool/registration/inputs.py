@@ -73,7 +73,7 @@ def load_image(path: Path, what: str = "image") -> np.ndarray:
             img = iio.imread(path)
     except Exception as exc:  # imageio raises OSError, ValueError, plugin errors ...
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise RegistrationError(f"cannot read {what} {path}: {first}") from None
+        raise RegistrationError(f"cannot read {what} {path}: {first}") from exc
     img = np.asarray(img)
     if img.ndim == 4 and img.shape[0] == 1:
         img = img[0]

@@ -54,7 +54,7 @@ class GLContext:
             reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise GLContextError(
                 f"no headless OpenGL context (PYOPENGL_PLATFORM={platform}: {reason}); "
-                f"{INSTALL_HINT}") from None
+                f"{INSTALL_HINT}") from exc
         self.platform = os.environ.get("PYOPENGL_PLATFORM", "default")
         self.width, self.height = width, height
 
