@@ -123,7 +123,8 @@ def _check_consistent(out: Path) -> dict[str, int]:
     stale by the readers; return counts of what was found."""
     found = {"checkpoint": 0, "stale": 0, "temps": 0}
     paths = side_paths(out)
-    found["temps"] = len([p for p in out.parent.iterdir() if ".tmp" in p.name])
+    if out.parent.is_dir():
+        found["temps"] = len([p for p in out.parent.iterdir() if ".tmp" in p.name])
     if not out.exists():
         assert not any(p.exists() for p in paths.values()), "side files without a checkpoint"
         return found
@@ -162,30 +163,44 @@ def _run(dataset_dir: Path, out: Path, config: Path) -> subprocess.Popen:
 
 
 def _sigkill_trials(dataset_dir: Path, tmp_path: Path, trials: int, seed: int) -> list[dict]:
+    """Kill `regtool train-unet` runs into one --out: even trials at a uniform random moment of
+    a whole run, odd ones a random 0-1.5 s after a checkpoint write began (the moments when the
+    checkpoint and its side files are replaced)."""
     config = tmp_path / "kill.toml"
     config.write_text(KILL_CONFIG)
     out = tmp_path / "run" / "unet.pt"
     rng = random.Random(seed)
-    t_full = None
+    t0 = time.monotonic()
+    proc = _run(dataset_dir, out, config)  # calibration: an uninterrupted run
+    assert proc.wait(timeout=600) == 0, proc.stderr.read().decode()
+    t_full = time.monotonic() - t0
     outcomes = []
     for i in range(trials):
+        before = sha256_file(out) if out.exists() else None
         proc = _run(dataset_dir, out, config)
-        delay = rng.uniform(0.5, t_full or 8.0)
-        t0 = time.perf_counter()
-        try:
-            proc.wait(timeout=delay)
-        except subprocess.TimeoutExpired:
+        start = time.monotonic()
+        if i % 2 == 0:
+            moment = start + rng.uniform(0.2, t_full)
+        else:
+            moment = None
+            while proc.poll() is None and time.monotonic() < start + 2 * t_full:
+                if any(p.name.startswith(".unet.") for p in out.parent.iterdir()):
+                    moment = time.monotonic() + rng.uniform(0.0, 1.5)
+                    break
+                time.sleep(0.005)
+        while proc.poll() is None and time.monotonic() < (moment or 0):
+            time.sleep(0.005)
+        if proc.poll() is None:
             os.kill(proc.pid, signal.SIGKILL)
-            proc.wait()
+        proc.wait()
         with_group_cleaned(proc)
-        finished = proc.returncode == 0
-        if finished and t_full is None:
-            t_full = time.perf_counter() - t0
         found = _check_consistent(out)
-        outcomes.append({"trial": i, "delay": round(delay, 2), "finished": finished, **found})
+        new = out.exists() and sha256_file(out) != before
+        outcomes.append({"trial": i, "at": round(time.monotonic() - start, 2),
+                         "finished": proc.returncode == 0, "new_checkpoint": new, **found})
     # The next (uninterrupted) run into the same place cleans up and leaves one current unit.
     proc = _run(dataset_dir, out, config)
-    assert proc.wait(timeout=300) == 0, proc.stderr.read().decode()
+    assert proc.wait(timeout=600) == 0, proc.stderr.read().decode()
     assert not [p for p in out.parent.iterdir() if ".tmp" in p.name]
     assert stale_side_files(out) == []
     return outcomes
@@ -208,4 +223,4 @@ def test_sigkill_train_unet_at_random_moments(dataset_dir, tmp_path):
     killed = [o for o in outcomes if not o["finished"]]
     print("\n".join(json.dumps(o) for o in outcomes))
     assert len(killed) >= 20, outcomes
-    assert any(o["checkpoint"] for o in killed)  # some kills landed after a checkpoint
+    assert any(o["new_checkpoint"] for o in killed)  # kills landed during checkpointing
