@@ -25,8 +25,8 @@ from regtool.cli import app
 from regtool.config import ShapeSpaceConfig, UNetConfig, load_config
 from regtool.errors import ArtifactError, GLContextError, MeshError, RegistrationError
 
+pytestmark = pytest.mark.gl  # the shared artifacts are rendered and trained
 runner = CliRunner()
-REPO = Path(__file__).resolve().parents[2]
 CAMERA = {"fx": 110.0, "fy": 110.0, "cx": 48.0, "cy": 36.0, "width": 96, "height": 72}
 POSE = {"rotvec": [1.9, 0.0, 0.0], "translation": [0.0, 0.0, 0.6]}
 
@@ -288,7 +288,8 @@ for w, h in [(96, 72), (200, 150), (96, 72)]:  # resizing keeps the context and 
     gb = rasterize(mesh.vertices @ pose.rotation.T + pose.translation, mesh.faces, cam)
     out[f"{w}x{h}"] = {"rgb": np.round(shaded.rgb, 3).tolist(),
                        "face": np.asarray(gb.face_id).tolist()}
-out["platform"] = get_context().info()["platform"]
+info = get_context().info()
+out["platform"], out["renderer"] = info["platform"], info["renderer"]
 json.dump(out, sys.stdout)
 """
 
@@ -304,15 +305,22 @@ def _render_in_subprocess(platform: str) -> dict:
 @pytest.mark.gl
 def test_osmesa_fallback_renders_like_egl():
     """PYOPENGL_PLATFORM=osmesa (the documented fallback) renders shaded images and G-buffers,
-    across size changes, the same as EGL (both are Mesa's llvmpipe here)."""
+    across size changes, like EGL: identically where EGL is Mesa's llvmpipe too (a CPU-only
+    machine), within edge pixels where EGL is a GPU driver."""
     osmesa = _render_in_subprocess("osmesa")
     egl = _render_in_subprocess("egl")
     assert osmesa.pop("platform") == "osmesa" and egl.pop("platform") == "egl"
+    same_driver = osmesa.pop("renderer") == egl.pop("renderer")
     for size in egl:
-        assert osmesa[size]["face"] == egl[size]["face"], size
+        face_o, face_e = np.asarray(osmesa[size]["face"]), np.asarray(egl[size]["face"])
+        assert (face_e >= 0).sum() > 100  # the sphere is in view
         diff = np.abs(np.asarray(osmesa[size]["rgb"]) - np.asarray(egl[size]["rgb"]))
-        assert diff.max() <= 0.01, size
-        assert (np.asarray(egl[size]["face"]) >= 0).sum() > 100  # the sphere is in view
+        if same_driver:
+            assert np.array_equal(face_o, face_e), size
+            assert diff.max() <= 0.01, size
+        else:
+            assert (face_o == face_e).mean() > 0.99, size
+            assert diff.mean() < 0.01, size
 
 
 @pytest.mark.gl

@@ -145,34 +145,36 @@ def _check_consistent(out: Path) -> dict[str, int]:
                     img.load()
         agrees = p.exists() and side_file_stamp(p) == truth
         assert agrees == (p not in stale), (kind, truth, side_file_stamp(p))
-    if stale:
-        found["stale"] = 1
-        with pytest.raises(ArtifactError):
-            if paths["json"] in stale:
-                read_report(out)
-            else:
-                raise ArtifactError("json current")
+    found["stale"] = int(bool(stale))
+    if paths["json"] in stale:
+        with pytest.raises(ArtifactError, match="does not belong to the checkpoint"):
+            read_report(out)
+    else:
+        assert read_report(out)["checkpoint_stamp"] == truth
     return found
 
 
 def _run(dataset_dir: Path, out: Path, config: Path) -> subprocess.Popen:
-    cmd = [sys.executable, "-c", "from regtool.cli import main; main()", "--seed", "3", "train-unet", "--dataset",
-           str(dataset_dir), "--category", "bottle", "--out", str(out), "--config", str(config)]
-    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            start_new_session=True)
+    """Start `regtool train-unet` in its own process group; stderr goes to `<out dir>.log`."""
+    cmd = [str(Path(sys.executable).parent / "regtool"), "--seed", "3", "train-unet",
+           "--dataset", str(dataset_dir), "--category", "bottle", "--out", str(out),
+           "--config", str(config)]
+    with open(out.parent.with_suffix(".log"), "ab") as log:
+        return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log,
+                                start_new_session=True)
 
 
 def _sigkill_trials(dataset_dir: Path, tmp_path: Path, trials: int, seed: int) -> list[dict]:
     """Kill `regtool train-unet` runs into one --out: even trials at a uniform random moment of
-    a whole run, odd ones a random 0-1.5 s after a checkpoint write began (the moments when the
-    checkpoint and its side files are replaced)."""
+    a whole run, odd ones a random 0-1.5 s after the checkpoint was replaced (while its side
+    files are being replaced)."""
     config = tmp_path / "kill.toml"
     config.write_text(KILL_CONFIG)
     out = tmp_path / "run" / "unet.pt"
     rng = random.Random(seed)
     t0 = time.monotonic()
     proc = _run(dataset_dir, out, config)  # calibration: an uninterrupted run
-    assert proc.wait(timeout=600) == 0, proc.stderr.read().decode()
+    assert proc.wait(timeout=600) == 0, out.parent.with_suffix(".log").read_text()[-2000:]
     t_full = time.monotonic() - t0
     outcomes = []
     for i in range(trials):
@@ -181,13 +183,14 @@ def _sigkill_trials(dataset_dir: Path, tmp_path: Path, trials: int, seed: int) -
         start = time.monotonic()
         if i % 2 == 0:
             moment = start + rng.uniform(0.2, t_full)
-        else:
+        else:  # wait for the checkpoint to be replaced (a new inode), then die soon after
             moment = None
+            inode = out.stat().st_ino
             while proc.poll() is None and time.monotonic() < start + 2 * t_full:
-                if any(p.name.startswith(".unet.") for p in out.parent.iterdir()):
+                if out.stat().st_ino != inode:
                     moment = time.monotonic() + rng.uniform(0.0, 1.5)
                     break
-                time.sleep(0.005)
+                time.sleep(0.002)
         while proc.poll() is None and time.monotonic() < (moment or 0):
             time.sleep(0.005)
         if proc.poll() is None:
@@ -200,7 +203,7 @@ def _sigkill_trials(dataset_dir: Path, tmp_path: Path, trials: int, seed: int) -
                          "finished": proc.returncode == 0, "new_checkpoint": new, **found})
     # The next (uninterrupted) run into the same place cleans up and leaves one current unit.
     proc = _run(dataset_dir, out, config)
-    assert proc.wait(timeout=600) == 0, proc.stderr.read().decode()
+    assert proc.wait(timeout=600) == 0, out.parent.with_suffix(".log").read_text()[-2000:]
     assert not [p for p in out.parent.iterdir() if ".tmp" in p.name]
     assert stale_side_files(out) == []
     return outcomes
