@@ -363,13 +363,30 @@ def test_debug_keeps_the_cause_of_unreadable_inputs(artifacts, tmp_path):
     exc = _debug_exception(register_args(artifacts, tmp_path / "r2", **{"--unet": bad_unet}))
     assert isinstance(exc, ArtifactError) and exc.__cause__ is not None
 
-    from regtool.geometry.mesh import load_points
 
-    bad_points = tmp_path / "p.xyz"
-    bad_points.write_text("1 2 x\n")
-    with pytest.raises(MeshError) as info:
-        load_points(bad_points)
-    assert info.value.__cause__ is not None
+def test_every_reader_keeps_the_cause(artifacts, tmp_path):
+    """The other catches that re-raised `from None`: points, config TOML, manifest JSON, shape
+    space, camera/pose JSON."""
+    from regtool.config import load_config
+    from regtool.data.manifest import read_manifest
+    from regtool.errors import ConfigError, DatasetError
+    from regtool.geometry.mesh import load_points
+    from regtool.registration.inputs import read_pose
+    from regtool.shapespace.space import ShapeSpace
+
+    (tmp_path / "p.xyz").write_text("1 2 x\n")
+    (tmp_path / "c.toml").write_text("[unet\n")
+    (tmp_path / "manifest.json").write_text("{")
+    (tmp_path / "s.npz").write_bytes(artifacts["shapespace"].read_bytes()[:-100])
+    (tmp_path / "pose.json").write_text("{'rotvec': ")
+    for call, error in [(lambda: load_points(tmp_path / "p.xyz"), MeshError),
+                        (lambda: load_config(tmp_path / "c.toml"), ConfigError),
+                        (lambda: read_manifest(tmp_path), DatasetError),
+                        (lambda: ShapeSpace.load(tmp_path / "s.npz"), ArtifactError),
+                        (lambda: read_pose(tmp_path / "pose.json"), RegistrationError)]:
+        with pytest.raises(error) as info:
+            call()
+        assert info.value.__cause__ is not None, info.value
 
 
 def test_debug_keeps_the_cause_of_a_missing_gl_context(monkeypatch):
