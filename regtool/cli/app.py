@@ -17,7 +17,7 @@ from rich.text import Text
 
 from regtool import __version__
 from regtool.config import Config, load_config
-from regtool.errors import RegtoolError
+from regtool.errors import ConfigError, RegtoolError
 
 app = typer.Typer(
     name="regtool",
@@ -32,6 +32,8 @@ console = Console(soft_wrap=True)
 err_console = Console(stderr=True, soft_wrap=True)
 
 EXIT_BAD_INPUT = 2
+# Seeds go to numpy's SeedSequence (any n >= 0) and torch.manual_seed (n < 2**64, offsets added).
+MAX_SEED = 2 ** 63 - 1
 
 
 @dataclass
@@ -74,6 +76,8 @@ def _global_options(
     from regtool.device import resolve_device
 
     with reported_errors(ctx):
+        if not 0 <= seed <= MAX_SEED:
+            raise ConfigError(f"--seed must be a whole number from 0 to {MAX_SEED}, got {seed}")
         resolve_device(device)
         if profile is not None:
             read_profile(profile)

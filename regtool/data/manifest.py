@@ -100,7 +100,7 @@ def parse_manifest(data: dict, source: str = "manifest") -> Manifest:
     if data.get("version") != VERSION:
         raise DatasetError(f"{source}: unsupported manifest version {data.get('version')!r}")
     units = data.get("units", "m")
-    if units not in UNITS_TO_METRES:
+    if not isinstance(units, str) or units not in UNITS_TO_METRES:
         raise DatasetError(f"{source}: units must be one of {', '.join(UNITS_TO_METRES)}")
     cats = data.get("categories")
     if not isinstance(cats, dict) or not cats:
@@ -155,7 +155,7 @@ def read_manifest(path: Path) -> Manifest:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise DatasetError(f"manifest {path} is not valid JSON: {exc}") from None
+        raise DatasetError(f"manifest {path} is not valid JSON: {exc}") from exc
     return parse_manifest(data, str(path))
 
 

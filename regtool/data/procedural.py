@@ -224,6 +224,24 @@ def spec_of(category: str) -> CategorySpec:
     return CATEGORY_SPECS[category]
 
 
+def weld(mesh: trimesh.Trimesh) -> trimesh.Trimesh:
+    """Return `mesh` with coincident vertices merged as `trimesh.load` merges them (within
+    `trimesh.tol.merge`) and the faces this collapses removed; `mesh` itself when nothing
+    merges.
+
+    Marching cubes emits one vertex per cut grid edge, so where the level set passes exactly
+    through a grid point (the camera and drill canonicals) several vertices coincide. Merged
+    without removing the collapsed faces (what a plain `trimesh.load` does) the mesh is no longer
+    watertight; welded here, it is watertight both as written and as loaded."""
+    merged = mesh.copy()
+    merged.merge_vertices()
+    if len(merged.vertices) == len(mesh.vertices):
+        return mesh
+    merged.update_faces(merged.nondegenerate_faces())
+    merged.remove_unreferenced_vertices()
+    return merged
+
+
 def mesh_sdf(field: Callable[[np.ndarray], np.ndarray], box_min, box_max,
              voxel_size: float) -> trimesh.Trimesh:
     """Return the zero level set of `field` inside the box as a watertight, outward-oriented
@@ -239,8 +257,7 @@ def mesh_sdf(field: Callable[[np.ndarray], np.ndarray], box_min, box_max,
     values[[0, -1], :, :] = values[:, [0, -1], :] = values[:, :, [0, -1]] = voxel_size
     verts, faces, _normals, _values = marching_cubes(values, level=0.0,
                                                      spacing=(voxel_size,) * 3)
-    # process=False: merging near-duplicate vertices would create degenerate faces and holes.
-    mesh = trimesh.Trimesh(verts + lo, faces, process=False)
+    mesh = weld(trimesh.Trimesh(verts + lo, faces, process=False))
     parts = mesh.split(only_watertight=False)
     if len(parts) > 1:
         mesh = max(parts, key=lambda m: len(m.faces))

@@ -10,8 +10,11 @@ sees in training; both are scored by intersection-over-union after every `val_ev
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import math
 import os
+import re
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -23,13 +26,15 @@ import torch.nn.functional as F
 
 from regtool.config import RenderConfig, UNetConfig
 from regtool.errors import ArtifactError, DatasetError
-from regtool.features.unet import (ARCH_KEYS, UNet, model_from_checkpoint, read_checkpoint,
-                                   save_checkpoint, unet_from_config)
+from regtool.features.unet import (ARCH_KEYS, UNet, checkpoint_bytes, model_from_checkpoint,
+                                   read_checkpoint, unet_from_config)
 from regtool.features.views import (BatchStream, ViewMesh, ViewSampler, load_backgrounds,
                                     render_fixed_set)
+from regtool.io import sha256_file, write_atomic, write_bytes_atomic, write_json_atomic
 
 Progress = Callable[[int, int, dict[str, float]], None]
 WARMUP_FRACTION = 0.05
+STAMP_KEY = "regtool-checkpoint"  # PNG text chunk naming the checkpoint a side PNG belongs to
 
 
 def side_paths(out: Path) -> dict[str, Path]:
@@ -39,6 +44,68 @@ def side_paths(out: Path) -> dict[str, Path]:
     return {"json": out.with_suffix(".json"),
             "curve": out.with_name(f"{out.stem}_curve.png"),
             "samples": out.with_name(f"{out.stem}_samples.png")}
+
+
+def side_file_stamp(path: Path) -> str | None:
+    """Return the checkpoint stamp `"step=<n> sha256=<hex>"` a side file of `side_paths`
+    carries (JSON: its `checkpoint_stamp` field; PNG: its `regtool-checkpoint` text chunk), or
+    None if the file is missing, unreadable or unstamped."""
+    path = Path(path)
+    try:
+        if path.suffix == ".json":
+            stamp = json.loads(path.read_text(encoding="utf-8")).get("checkpoint_stamp")
+        else:
+            from PIL import Image
+
+            with Image.open(path) as img:
+                stamp = img.text.get(STAMP_KEY)
+    except (OSError, ValueError, AttributeError, SyntaxError):
+        return None
+    return stamp if isinstance(stamp, str) else None
+
+
+def checkpoint_stamp(step: int, sha256: str) -> str:
+    """Return the stamp that ties a side file to the checkpoint of `step` with file hash
+    `sha256` (hex)."""
+    return f"step={int(step)} sha256={sha256}"
+
+
+def stale_side_files(out: Path) -> list[Path]:
+    """Return the side files of checkpoint `out` that do not belong to it: missing, or stamped
+    for another checkpoint (a run killed between writing the checkpoint and its side files
+    leaves them one checkpoint behind). The checkpoint is authoritative; [] when all match."""
+    out = Path(out)
+    blob = read_checkpoint(out)
+    stamp = checkpoint_stamp(blob["step"], sha256_file(out))
+    return [p for p in side_paths(out).values() if side_file_stamp(p) != stamp]
+
+
+def read_report(out: Path) -> dict[str, Any]:
+    """Return the metrics report `<stem>.json` of checkpoint `out` (verified, see
+    `read_checkpoint`); ArtifactError if it is missing or stale (from another checkpoint)."""
+    stale = stale_side_files(out)
+    path = side_paths(out)["json"]
+    if path in stale:
+        raise ArtifactError(f"{path} does not belong to the checkpoint {out} (missing, or left "
+                            f"by an interrupted run); train again or --resume to rewrite it")
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def remove_leftover_temps(out: Path) -> list[Path]:
+    """Delete the temporary files (`io.write_atomic`'s `.<stem>.XXXXXXXX.tmp<suffix>`) that a
+    killed run left beside checkpoint `out` and its side files; return the deleted paths."""
+    out = Path(out)
+    removed = []
+    if not out.parent.is_dir():
+        return removed
+    for target in (out, *side_paths(out).values()):
+        pattern = re.compile(re.escape(f".{target.stem}.") + r"[a-z0-9_]{8}"
+                             + re.escape(f".tmp{target.suffix}"))
+        for entry in out.parent.iterdir():
+            if pattern.fullmatch(entry.name) and entry.is_file() and not entry.is_symlink():
+                entry.unlink(missing_ok=True)
+                removed.append(entry)
+    return removed
 
 
 def resolve_categories(dataset_root: Path, categories: str | list[str]) -> list[str]:
@@ -139,13 +206,11 @@ def _threads(config: UNetConfig) -> int:
     return max(1, (cores or 1) - max(1, config.render_workers))
 
 
-def _write_curve_png(path: Path, curve: dict[str, list], title: str) -> None:
+def _write_curve_png(path: Path, curve: dict[str, list], title: str, stamp: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from regtool.io import write_atomic
 
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.6), dpi=90)
     a.plot(curve["step"], curve["loss"], lw=0.8)
@@ -161,19 +226,17 @@ def _write_curve_png(path: Path, curve: dict[str, list], title: str) -> None:
     b.legend(loc="lower right", fontsize=8)
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    write_atomic(path, lambda tmp: fig.savefig(tmp, format="png"))
+    write_atomic(path, lambda tmp: fig.savefig(tmp, format="png", metadata={STAMP_KEY: stamp}))
     plt.close(fig)
 
 
 def _write_samples_png(path: Path, sets: list[tuple[str, np.ndarray, np.ndarray, np.ndarray]],
-                       per_set: int = 4) -> None:
+                       stamp: str, per_set: int = 4) -> None:
     """Rows: image, ground truth, prediction; columns: the first views of each set."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from regtool.io import write_atomic
 
     cols = [(name, images[i], truth[i], pred[i], iou_scores(pred[i:i + 1], truth[i:i + 1])[0])
             for name, images, truth, pred in sets for i in range(min(per_set, len(images)))]
@@ -191,7 +254,7 @@ def _write_samples_png(path: Path, sets: list[tuple[str, np.ndarray, np.ndarray,
     for i, label in enumerate(["image", "label", "prediction"]):
         axes[i, 0].set_ylabel(label, fontsize=8)
     fig.tight_layout()
-    write_atomic(path, lambda tmp: fig.savefig(tmp, format="png"))
+    write_atomic(path, lambda tmp: fig.savefig(tmp, format="png", metadata={STAMP_KEY: stamp}))
     plt.close(fig)
 
 
@@ -221,9 +284,11 @@ def train_unet(dataset_root: Path, categories: str | list[str], config: UNetConf
 
     Writes (atomically, every `checkpoint_every` steps and at the end): the checkpoint `out`
     (weights, optimiser state, step, config, metrics; see `unet.save_checkpoint`), and next to
-    it `<stem>.json` (metadata + metrics + curve), `<stem>_curve.png` and `<stem>_samples.png`.
-    An interruption leaves the last checkpoint written intact; `resume=True` continues from it
-    (same batches as an uninterrupted run: batch i depends only on (seed, i)).
+    it `<stem>.json` (metadata + metrics + curve), `<stem>_curve.png` and `<stem>_samples.png`,
+    each stamped with the checkpoint's step and file hash (`stale_side_files`, `read_report`).
+    An interruption leaves the last checkpoint written intact (its side files may lag behind
+    it, detectably); `resume=True` continues from it (same batches as an uninterrupted run:
+    batch i depends only on (seed, i)). Temporary files a killed run left at `out` are deleted.
 
     `progress(step, total, info)` is called after every step with info keys `loss` (running
     mean), `val_iou`, `test_iou` (latest evaluation, NaN before the first).
@@ -240,6 +305,7 @@ def train_unet(dataset_root: Path, categories: str | list[str], config: UNetConf
     cats = resolve_categories(dataset_root, categories)
     train_meshes, test_meshes = load_view_meshes(dataset_root, cats)
     backgrounds = load_backgrounds(backgrounds_dir)
+    remove_leftover_temps(out)
     blob = _resume_state(out, config, cats) if resume else None
     sampler = ViewSampler(config.image_width, config.image_height, render.fov_y_deg,
                           render.distance, config.distance_jitter, backgrounds)
@@ -320,18 +386,23 @@ def _train_loop(dataset_root, cats, config, render, out, device, seed, blob, sam
                        device=str(device), val_views=len(val_images),
                        test_views=0 if test_images is None else len(test_images))
         full = {**meta, "metrics": metrics, "curve": curve}
-        save_checkpoint(out, model, full, optimizer.state_dict(), None, step)
+        # The checkpoint is the unit and written first; the side files follow, stamped with its
+        # step and file hash, so a kill in between leaves them detectably stale
+        # (`stale_side_files`), never silently mixed.
+        data = checkpoint_bytes(model, full, optimizer.state_dict(), None, step)
+        stamp = checkpoint_stamp(step, hashlib.sha256(data).hexdigest())
+        write_bytes_atomic(out, data)
         paths = side_paths(out)
-        from regtool.io import write_json_atomic
-
         write_json_atomic(paths["json"], {"format": "regtool-unet-report", "checkpoint": out.name,
-                                          **full, "arch": model.arch(), "step": step})
+                                          "checkpoint_stamp": stamp, **full,
+                                          "arch": model.arch(), "step": step})
         _write_curve_png(paths["curve"], curve, f"U-Net {'+'.join(cats)}: step {step}, "
-                         f"val IoU {metrics['val_iou']:.3f}, test IoU {metrics['test_iou']:.3f}")
+                         f"val IoU {metrics['val_iou']:.3f}, test IoU {metrics['test_iou']:.3f}",
+                         stamp)
         sets = [("val", val_images, val_labels, res["val_pred"])]
         if res["test_pred"] is not None:
             sets.append(("test mesh", test_images, test_labels, res["test_pred"]))
-        _write_samples_png(paths["samples"], sets)
+        _write_samples_png(paths["samples"], sets, stamp)
 
     res = None
     for step in range(start, config.steps):

@@ -4,13 +4,18 @@
 layer before the 1x1 output convolution (StilllebenDR Sec. 3.3.1: 64 channels in the paper,
 `feature_channels` here). Checkpoints hold tensors and plain values only (loaded with
 `torch.load(weights_only=True)`); the architecture and metadata travel as a JSON string inside.
+Loading verifies the file: every member's zip CRC-32 and the sha256 of the stored tensors, which
+the metadata carries (`content_sha256`), so flipped bytes are refused rather than used.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import io
 import json
 import warnings
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +27,8 @@ from regtool.config import UNetConfig
 from regtool.errors import ArtifactError
 
 CHECKPOINT_FORMAT = "regtool-unet"
-CHECKPOINT_VERSION = 1
+CHECKPOINT_VERSION = 2  # 2: the metadata carries content_sha256; 1 (no hash) is still read
+READ_VERSIONS = (1, 2)
 ARCH_KEYS = ("base_channels", "depth", "feature_channels")
 
 
@@ -103,53 +109,105 @@ def unet_from_config(config: UNetConfig, n_classes: int) -> UNet:
     return UNet(n_classes, config.base_channels, config.depth, config.feature_channels)
 
 
+def content_sha256(blob: dict[str, Any]) -> str:
+    """Return the hex sha256 of a checkpoint's content: the `model`, `optimizer` and `scheduler`
+    entries and the `step` (every tensor's key path, dtype, shape and bytes; plain values by
+    their JSON text), independent of the zip container."""
+    digest = hashlib.sha256()
+
+    def walk(obj: Any, key: str) -> None:
+        if isinstance(obj, torch.Tensor):
+            t = obj.detach().cpu().contiguous()
+            digest.update(f"{key}:{t.dtype}:{tuple(t.shape)}:".encode())
+            digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+        elif isinstance(obj, dict):
+            for k in sorted(obj, key=str):
+                walk(obj[k], f"{key}/{k}")
+        elif isinstance(obj, (list, tuple)):
+            for i, v in enumerate(obj):
+                walk(v, f"{key}[{i}]")
+        else:
+            digest.update(f"{key}={json.dumps(obj, default=repr)};".encode())
+
+    for name in ("model", "optimizer", "scheduler", "step"):
+        walk(blob.get(name), name)
+    return digest.hexdigest()
+
+
+def checkpoint_bytes(model: UNet, meta: dict[str, Any], optimizer: dict | None = None,
+                     scheduler: dict | None = None, step: int = 0) -> bytes:
+    """Return the checkpoint file's bytes (torch zip format).
+
+    Content (all loadable with `weights_only=True`): format/version strings, `meta_json` (the
+    JSON of `meta` plus the architecture, `step` and `content_sha256`), `model` state dict,
+    `optimizer` and `scheduler` state dicts (or None) and the training `step`.
+    """
+    blob = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION,
+            "model": model.state_dict(), "optimizer": optimizer, "scheduler": scheduler,
+            "step": step}
+    meta = {**meta, "arch": model.arch(), "step": step, "content_sha256": content_sha256(blob)}
+    blob["meta_json"] = json.dumps(meta)
+    buffer = io.BytesIO()
+    torch.save(blob, buffer)
+    return buffer.getvalue()
+
+
 def save_checkpoint(path: Path, model: UNet, meta: dict[str, Any],
                     optimizer: dict | None = None, scheduler: dict | None = None,
                     step: int = 0) -> Path:
-    """Write the checkpoint to `path` atomically; return `path`.
+    """Write the checkpoint (`checkpoint_bytes`) to `path` atomically; return `path`."""
+    from regtool.io import write_bytes_atomic
 
-    Content (all loadable with `weights_only=True`): format/version strings, `meta_json` (the
-    JSON of `meta` plus the architecture), `model` state dict, `optimizer` and `scheduler`
-    state dicts (or None) and the training `step`.
-    """
-    from regtool.io import write_atomic
+    return write_bytes_atomic(Path(path), checkpoint_bytes(model, meta, optimizer, scheduler,
+                                                           step))
 
-    meta = {**meta, "arch": model.arch(), "step": step}
-    blob = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION,
-            "meta_json": json.dumps(meta), "model": model.state_dict(),
-            "optimizer": optimizer, "scheduler": scheduler, "step": step}
-    return write_atomic(Path(path), lambda tmp: torch.save(blob, tmp))
+
+def _check_zip(path: Path) -> None:
+    """ArtifactError unless `path` is a zip archive whose members all match their CRC-32
+    (torch.load itself does not check them)."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+        raise ArtifactError(f"{path} is not a readable U-Net checkpoint ({first})") from exc
+    if bad is not None:
+        raise ArtifactError(f"{path} is corrupted: member {bad} fails its CRC-32 check")
 
 
 def read_checkpoint(path: Path) -> dict[str, Any]:
     """Return the raw checkpoint dict (tensors on CPU) with `meta` parsed from its JSON;
-    ArtifactError (one line) if it is missing, not a torch file, unsafe to load or not a
-    regtool U-Net checkpoint."""
+    ArtifactError (one line) if it is missing, not a torch file, damaged (zip CRC or content
+    hash), unsafe to load or not a regtool U-Net checkpoint."""
     path = Path(path)
     if not path.is_file():
         raise ArtifactError(f"U-Net checkpoint not found: {path}")
+    _check_zip(path)
     try:
         with warnings.catch_warnings():  # a foreign file may warn before failing
             warnings.simplefilter("ignore")
             blob = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types (pickle, zip, unsafe global...)
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
-        raise ArtifactError(f"{path} is not a readable U-Net checkpoint ({first})") from None
+        raise ArtifactError(f"{path} is not a readable U-Net checkpoint ({first})") from exc
     if not isinstance(blob, dict) or blob.get("format") != CHECKPOINT_FORMAT:
         raise ArtifactError(f"{path} is not a regtool U-Net checkpoint "
                             f"(format != '{CHECKPOINT_FORMAT}')")
-    if blob.get("version") != CHECKPOINT_VERSION:
+    if blob.get("version") not in READ_VERSIONS:
         raise ArtifactError(f"{path}: unsupported U-Net checkpoint version "
                             f"{blob.get('version')!r}")
     try:
         meta = json.loads(blob["meta_json"])
         arch = meta["arch"]
         _ = [int(arch[k]) for k in ("n_classes", *ARCH_KEYS)]
-    except (KeyError, TypeError, ValueError, json.JSONDecodeError):
+    except (KeyError, TypeError, ValueError, json.JSONDecodeError) as exc:
         raise ArtifactError(f"{path}: U-Net checkpoint metadata is missing or malformed") \
-            from None
+            from exc
     if not isinstance(blob.get("model"), dict):
         raise ArtifactError(f"{path}: U-Net checkpoint holds no model weights")
+    if blob["version"] >= 2 and meta.get("content_sha256") != content_sha256(blob):
+        raise ArtifactError(f"{path} is corrupted: its tensors do not match the content hash "
+                            f"stored in its metadata")
     blob["meta"] = meta
     return blob
 
@@ -165,7 +223,7 @@ def model_from_checkpoint(blob: dict[str, Any], source: str = "checkpoint") -> U
     except (RuntimeError, ValueError) as exc:
         first = str(exc).strip().splitlines()[0][:160]
         raise ArtifactError(f"{source}: weights do not match the U-Net architecture "
-                            f"{arch} ({first})") from None
+                            f"{arch} ({first})") from exc
     return model
 
 

@@ -79,11 +79,7 @@ class CameraIntrinsics:
         for key in ("fx", "fy", "cx", "cy", "width", "height"):
             if key not in data:
                 raise RegistrationError(f"{source}: missing field '{key}'")
-            v = data[key]
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-                raise RegistrationError(f"{source}: field '{key}' must be a finite number, "
-                                        f"got {v!r}")
-            values[key] = v
+            values[key] = float(json_numbers(data[key], (), f"{source}: field '{key}'"))
         for key in ("fx", "fy", "width", "height"):
             if values[key] <= 0:
                 raise RegistrationError(f"{source}: field '{key}' must be positive")
@@ -193,29 +189,50 @@ class Pose:
         RegistrationError naming the field if missing, mis-shaped, non-finite or not a rotation."""
         if "translation" not in data:
             raise RegistrationError(f"{source}: missing field 'translation'")
-        t = _finite_array(data["translation"], (3,), f"{source}: field 'translation'")
+        t = json_numbers(data["translation"], (3,), f"{source}: field 'translation'")
         if "rotation" in data:
-            r = _finite_array(data["rotation"], (3, 3), f"{source}: field 'rotation'")
+            r = json_numbers(data["rotation"], (3, 3), f"{source}: field 'rotation'")
             if (np.abs(r.T @ r - np.eye(3)).max() > 1e-4 or np.linalg.det(r) < 0):
                 raise RegistrationError(f"{source}: field 'rotation' is not a rotation matrix")
         elif "rotvec" in data:
-            rv = _finite_array(data["rotvec"], (3,), f"{source}: field 'rotvec'")
+            rv = json_numbers(data["rotvec"], (3,), f"{source}: field 'rotvec'")
             r = axis_angle_to_matrix(torch.as_tensor(rv)).numpy()
         else:
             raise RegistrationError(f"{source}: missing field 'rotation' (or 'rotvec')")
         return cls(r, t)
 
 
-def _finite_array(value, shape: tuple[int, ...], what: str) -> np.ndarray:
-    try:
-        arr = np.asarray(value, dtype=np.float64)
-    except (TypeError, ValueError):
-        raise RegistrationError(f"{what} must be numbers of shape {shape}") from None
-    if arr.shape != shape:
-        raise RegistrationError(f"{what} must have shape {shape}, got {arr.shape}")
+def json_numbers(value, shape: tuple[int, ...], what: str) -> np.ndarray:
+    """Return `value`, JSON numbers nested in lists of `shape` (`()`: one number), as a float64
+    array of that shape; RegistrationError naming `what` if it has another shape, holds anything
+    but numbers (strings and booleans are refused, not converted) or a non-finite value (an
+    integer too large for a float counts as infinite).
+
+    The one number check of every camera and pose field."""
+    def walk(v, dims: tuple[int, ...]):
+        if dims:
+            if not isinstance(v, (list, tuple)) or len(v) != dims[0]:
+                raise RegistrationError(f"{what} must have shape {shape}, got {_short(value)}")
+            return [walk(x, dims[1:]) for x in v]
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            noun = "a finite number" if not shape else "numbers"
+            raise RegistrationError(f"{what} must be {noun}, got {_short(v)}")
+        try:
+            return float(v)
+        except OverflowError:
+            return math.inf
+
+    arr = np.asarray(walk(value, tuple(shape)), dtype=np.float64).reshape(shape)
     if not np.isfinite(arr).all():
-        raise RegistrationError(f"{what} has non-finite values")
+        raise RegistrationError(f"{what} must be a finite number, got {_short(value)}"
+                                if not shape else f"{what} has non-finite values")
     return arr
+
+
+def _short(value, limit: int = 40) -> str:
+    """Return repr(value) cut to `limit` characters (a 400-digit number stays one line)."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 def read_json_file(path: Path, what: str) -> dict:
@@ -226,7 +243,7 @@ def read_json_file(path: Path, what: str) -> dict:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise RegistrationError(f"{what} file {path} is not valid JSON: {exc}") from None
+        raise RegistrationError(f"{what} file {path} is not valid JSON: {exc}") from exc
     if not isinstance(data, dict):
         raise RegistrationError(f"{what} file {path} must hold a JSON object")
     return data

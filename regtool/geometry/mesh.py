@@ -43,7 +43,7 @@ def load_mesh(path: Path) -> trimesh.Trimesh:
     try:
         mesh = trimesh.load(path, force="mesh", process=False)
     except Exception as exc:  # trimesh raises many types for malformed files
-        raise MeshError(f"cannot read mesh {path}: {exc}") from None
+        raise MeshError(f"cannot read mesh {path}: {exc}") from exc
     if not isinstance(mesh, trimesh.Trimesh) or len(mesh.faces) == 0:
         raise MeshError(f"mesh file {path} holds no triangles")
     vertices = np.asarray(mesh.vertices, dtype=np.float64)
@@ -83,7 +83,7 @@ def load_points(path: Path) -> np.ndarray:
         else:
             pts = np.loadtxt(path, ndmin=2)[:, :3]
     except Exception as exc:
-        raise MeshError(f"cannot read points {path}: {exc}") from None
+        raise MeshError(f"cannot read points {path}: {exc}") from exc
     return validate_points(pts, f"points {path}")
 
 

@@ -22,6 +22,10 @@ Camera JSON (`read_camera`), OpenCV intrinsics in pixels (see `configs/examples/
     its origin at the top-left corner of the top-left pixel (`regtool.geometry.camera`). Other
     keys (e.g. "comment") are ignored.
 
+A pose must show the object (`check_pose_in_view`): every vertex of the starting shape in front
+of the near plane and its projection overlapping the image; otherwise registration has no
+gradient to follow and is refused before any optimisation.
+
 Pose JSON (`read_pose`), object -> camera, OpenCV camera frame (x right, y down, z forward;
 X_cam = R @ X_obj + t), see `configs/examples/pose.json`::
 
@@ -31,7 +35,8 @@ X_cam = R @ X_obj + t), see `configs/examples/pose.json`::
      "frame": "object_to_camera_opencv"}             # optional; no other frame is accepted
 
     The translation is converted from "units" to the units asked for (the shape space's, metres
-    for the built-in data). This is the format `Pose.to_dict` writes.
+    for the built-in data). This is the format `Pose.to_dict` writes. Numbers must be JSON
+    numbers in both files (one check, `geometry.camera.json_numbers`): "0.6" is refused.
 """
 
 from __future__ import annotations
@@ -73,7 +78,7 @@ def load_image(path: Path, what: str = "image") -> np.ndarray:
             img = iio.imread(path)
     except Exception as exc:  # imageio raises OSError, ValueError, plugin errors ...
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise RegistrationError(f"cannot read {what} {path}: {first}") from None
+        raise RegistrationError(f"cannot read {what} {path}: {first}") from exc
     img = np.asarray(img)
     if img.ndim == 4 and img.shape[0] == 1:
         img = img[0]
@@ -197,3 +202,28 @@ def read_pose(path: Path, units: str = "m") -> Pose:
     scale = length_scale(file_units, units, source)
     pose = Pose.from_dict(data, source=source)
     return Pose(pose.rotation, pose.translation * scale)
+
+
+def check_pose_in_view(vertices: np.ndarray, camera: CameraIntrinsics, pose: Pose,
+                       znear: float, source: str = "pose") -> None:
+    """RegistrationError naming `source` unless `vertices` (V, 3), object frame, seen at `pose`
+    (object -> camera, the same units) all lie beyond the near plane `znear` (z > znear in the
+    camera frame) and the bounding box of their projection overlaps the image
+    [0, width) x [0, height) (pixels). An object behind the camera, with the camera inside it,
+    or entirely outside the image gives registration no gradient to follow."""
+    pts = np.asarray(vertices, np.float64) @ pose.rotation.T + pose.translation
+    z = pts[:, 2]
+    if z.max() <= znear:
+        raise RegistrationError(f"{source}: the object is behind the camera (its nearest point "
+                                f"at z = {z.max():.4g}, the near plane at {znear:g}); check the "
+                                f"pose's translation and frame (OpenCV: z forward)")
+    if z.min() <= znear:
+        raise RegistrationError(f"{source}: the camera is inside or too close to the object "
+                                f"(object depths {z.min():.4g} to {z.max():.4g}, the near plane "
+                                f"at {znear:g}); the pose must show the object in front of it")
+    u = camera.fx * pts[:, 0] / z + camera.cx
+    v = camera.fy * pts[:, 1] / z + camera.cy
+    if u.max() < 0 or u.min() >= camera.width or v.max() < 0 or v.min() >= camera.height:
+        raise RegistrationError(f"{source}: no part of the object is in the image (it projects "
+                                f"to u {u.min():.0f}..{u.max():.0f}, v {v.min():.0f}..{v.max():.0f}"
+                                f" px; the image is {camera.width}x{camera.height})")

@@ -68,8 +68,14 @@ def make_observation(image: np.ndarray, camera: CameraIntrinsics, pose: Pose, fe
 def run_registration(space, unet, observations: list[Observation], config: Config,
                      device: torch.device, joint: bool | None = None,
                      callback=None) -> RegistrationResult:
-    """Register the shape space to the observations; `joint` overrides config.register.joint."""
+    """Register the shape space to the observations; `joint` overrides config.register.joint.
+
+    RegistrationError before any optimisation if an initial pose does not show the canonical
+    (`inputs.check_pose_in_view`); RenderError if a view is larger, supersampled, than the
+    OpenGL context renders."""
     from regtool.features.compare import FeatureLoss
+    from regtool.registration.inputs import check_pose_in_view
+    from regtool.render.context import check_render_size
     from regtool.render.diff import DiffRenderSettings, diff_render
 
     reg = config.register if joint is None else replace(config.register, joint=joint)
@@ -78,6 +84,10 @@ def run_registration(space, unet, observations: list[Observation], config: Confi
     regions = [None if o.region is None else
                torch.as_tensor(o.region, device=device)[None, None] for o in observations]
     settings = DiffRenderSettings.from_config(config.render, image_type="rgb")
+    for i, o in enumerate(observations):
+        where = "initial pose" + (f" of view {i + 1}" if len(observations) > 1 else "")
+        check_pose_in_view(space.canonical_vertices, o.camera, o.pose, settings.znear, where)
+        check_render_size(o.camera.width, o.camera.height, max(1, reg.supersample))
     faces = torch.as_tensor(space.faces, dtype=torch.int64)
 
     def loss_fn(rendered: torch.Tensor, i: int) -> torch.Tensor:

@@ -282,7 +282,7 @@ class ShapeSpace:
         except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile,
                 json.JSONDecodeError) as exc:
             msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            raise ArtifactError(f"shape space {path} is corrupted or unreadable: {msg}") from None
+            raise ArtifactError(f"shape space {path} is corrupted or unreadable: {msg}") from exc
         try:
             space = cls(category=str(meta["category"]), units=str(meta["units"]),
                         train_names=tuple(str(n) for n in meta["train_names"]),
@@ -291,7 +291,7 @@ class ShapeSpace:
                         **{k: (v.astype(np.int64) if k == "faces" else v.astype(np.float64))
                            for k, v in arrays.items()})
         except (KeyError, TypeError, ValueError) as exc:
-            raise ArtifactError(f"shape space {path} has malformed metadata: {exc}") from None
+            raise ArtifactError(f"shape space {path} has malformed metadata: {exc}") from exc
         problem = space.consistency_problem()
         if problem:
             raise ArtifactError(f"shape space {path} is inconsistent: {problem}")
