@@ -50,6 +50,7 @@ def register_command(
     import numpy as np
 
     from regtool.device import resolve_device, torch_threads
+    from regtool.render.context import check_render_size
     from regtool.errors import RegistrationError
     from regtool.features.compare import FeatureLoss
     from regtool.io import ensure_writable_dir
@@ -63,6 +64,8 @@ def register_command(
                                                    "joint": True if joint else None}})
         device = resolve_device(options(ctx).device)
         cameras = [read_camera(p) for p in _per_view(camera, len(image), "camera")]
+        for c in cameras:  # before any work: the supersampled size must fit the GL limits
+            check_render_size(c.width, c.height, cfg.register.supersample)
         if len(pose) != len(image):
             raise RegistrationError(f"{len(image)} images but {len(pose)} pose files: give one "
                                     f"pose per image")
