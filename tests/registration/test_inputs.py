@@ -223,7 +223,8 @@ def test_examples_read(repo_root):
     expected = CameraIntrinsics.from_fov(render.width, render.height, render.fov_y_deg)
     assert cam == expected  # the example is the default [render] camera
     pose = read_pose(examples / "pose.json")
-    target = np.array([0.0, 0.0, 0.1])
-    # The example looks at (0, 0, 0.1) from 0.6 m: that point lies on the optical axis.
-    np.testing.assert_allclose(pose.rotation @ target + pose.translation, [0, 0, 0.6],
-                               atol=1e-9)
+    # The example looks at the object origin (the built-in data's bounding-box centre) from
+    # 0.6 m: the origin lies on the optical axis, as the evaluation's poses put it.
+    np.testing.assert_allclose(pose.translation, [0, 0, 0.6], atol=1e-9)
+    expected = Pose.look_at(0.6, azimuth_deg=30.0, elevation_deg=20.0)
+    np.testing.assert_allclose(pose.rotation, expected.rotation, atol=1e-9)
