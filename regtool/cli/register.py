@@ -52,7 +52,7 @@ def register_command(
     from regtool.device import resolve_device
     from regtool.errors import RegistrationError
     from regtool.features.compare import FeatureLoss
-    from regtool.io import ensure_writable_dir
+    from regtool.io import check_output_dir
     from regtool.registration.inputs import read_camera, read_image, read_mask, read_pose
     from regtool.registration.pipeline import load_models, make_observation, run_registration
     from regtool.registration.result import ViewResult, software_versions, write_registration
@@ -61,6 +61,7 @@ def register_command(
         cfg = command_config(config, {"register": {"iterations": iterations,
                                                    "joint": True if joint else None}})
         device = resolve_device(options(ctx).device)
+        check_output_dir(out)  # created only when the results are written
         cameras = [read_camera(p) for p in _per_view(camera, len(image), "camera")]
         if len(pose) != len(image):
             raise RegistrationError(f"{len(image)} images but {len(pose)} pose files: give one "
@@ -72,7 +73,6 @@ def register_command(
                      for p, c in zip(_per_view(mask, len(image), "mask"), cameras)]
         images = [read_image(p, (c.width, c.height), resize) for p, c in zip(image, cameras)]
         named = None
-        ensure_writable_dir(out)
         space, net, _meta = load_models(shapespace, unet, device)
         if transfer is not None:
             from regtool.registration.transfer import read_named_points
