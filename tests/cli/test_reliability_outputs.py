@@ -489,11 +489,12 @@ def small_artifacts(tmp_path_factory, repo_root):
 CLI = [sys.executable, "-c", "from regtool.cli import main; main()"]
 
 
-def _register_cmd(art: Path, out: Path, iterations: int) -> list[str]:
+def _register_cmd(art: Path, out: Path, iterations: int, pose: Path | None = None
+                  ) -> list[str]:
     return [*CLI, "register", "--shapespace", str(art / "ss.npz"), "--unet",
             str(art / "unet.pt"), "--image", str(art / "obs.png"), "--camera",
-            str(art / "camera.json"), "--pose", str(art / "pose.json"), "--out", str(out),
-            "--config", str(art / "config.toml"), "--iterations", str(iterations)]
+            str(art / "camera.json"), "--pose", str(pose or art / "pose.json"), "--out",
+            str(out), "--config", str(art / "config.toml"), "--iterations", str(iterations)]
 
 
 def _registered_set(out: Path, space) -> tuple[float, ...]:
@@ -516,9 +517,10 @@ def _registered_set(out: Path, space) -> tuple[float, ...]:
 @pytest.mark.slow
 @pytest.mark.gl
 def test_register_killed_at_random_moments(small_artifacts, tmp_path):
-    """SIGKILL of `regtool register` at random moments (20 trials, iteration counts alternating
-    so that consecutive runs differ) into a folder with an earlier result: always one whole set;
-    the next run removes what killed runs left."""
+    """SIGKILL of `regtool register` at random moments (20 trials, each from its own initial
+    pose, so that every run's result differs) into a folder with an earlier result: always one
+    whole set; the next run removes what killed runs left."""
+    from regtool.geometry.camera import Pose
     from regtool.shapespace.space import ShapeSpace
 
     space = ShapeSpace.load(small_artifacts / "ss.npz")
@@ -528,17 +530,20 @@ def test_register_killed_at_random_moments(small_artifacts, tmp_path):
     duration = time.monotonic() - t0
     z = _registered_set(out, space)
     rng = random.Random(12)
-    outcomes = {"kept": 0, "switched": 0}
+    outcomes = {"kept": 0, "switched": 0, "finished": 0}
     for trial in range(20):
-        proc = subprocess.Popen(_register_cmd(small_artifacts, out, 2 + trial % 2),
+        pose = tmp_path / f"pose_{trial}.json"
+        pose.write_text(json.dumps(Pose.look_at(0.6, 31.0 + trial, 20.0).to_dict()))
+        proc = subprocess.Popen(_register_cmd(small_artifacts, out, 2, pose),
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        time.sleep(rng.uniform(0.5, 1.05) * duration)
+        time.sleep(rng.uniform(0.2, 1.5) * duration)  # any moment, before or after the switch
+        finished = proc.poll() is not None
         proc.kill()
         proc.wait()
         new_z = _registered_set(out, space)
-        outcomes["kept" if new_z == z else "switched"] += 1
+        outcomes["finished" if finished else "kept" if new_z == z else "switched"] += 1
         z = new_z
-    print(f"20 SIGKILLs of register: {outcomes}")
+    print(f"20 SIGKILLs of register ({duration:.1f} s a run): {outcomes}")
     subprocess.run(_register_cmd(small_artifacts, out, 1), check=True, capture_output=True)
     _registered_set(out, space)
     _assert_clean(out)
