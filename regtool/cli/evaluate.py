@@ -47,7 +47,7 @@ def evaluate_command(
     from regtool.device import resolve_device
     from regtool.evaluation.report import write_report
     from regtool.evaluation.run import evaluate
-    from regtool.io import ensure_writable_dir
+    from regtool.io import check_output_dir
     from regtool.registration.pipeline import load_models
     from regtool.registration.result import software_versions
 
@@ -55,6 +55,7 @@ def evaluate_command(
         cfg = command_config(ctx, config, {"evaluate": {"noise_draws": noise_draws,
                                                    "workers": workers}})
         device = resolve_device(options(ctx).device)
+        check_output_dir(out)  # created only when the report is written
         manifest = verify_dataset(dataset)
         names = list(manifest.categories) if category == "all" else \
             [c.strip() for c in category.split(",") if c.strip()]
@@ -64,7 +65,6 @@ def evaluate_command(
         unets = {c: _artifact(unet, c, "U-Net checkpoint") for c in names}
         for c in names:  # fail fast on corrupted or mismatched artifacts
             load_models(spaces[c], unets[c], device)
-        ensure_writable_dir(out)
         total = sum(len(manifest.category(c).test) for c in names)
         t0 = time.perf_counter()
         with progress_bar("evaluate", total) as advance:

@@ -14,7 +14,11 @@ from regtool.cli.app import (ConfigOption, app, command_config, console, options
 @app.command("make-dataset")
 def make_dataset_command(
     ctx: typer.Context,
-    out: Path = typer.Option(..., "--out", "-o", help="Dataset folder to write (replaced)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Dataset folder to write; an existing "
+                             "one is replaced only if it holds a regtool dataset and nothing "
+                             "else (or is empty)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --out "
+                                   "folder whatever it holds."),
     categories: Optional[str] = typer.Option(
         None, "--categories", help="Comma-separated categories (bottle,camera,drill,spray)."),
     n_train: Optional[int] = typer.Option(None, "--n-train", help="Training meshes/category."),
@@ -33,7 +37,7 @@ def make_dataset_command(
         total = len(cfg.categories) * (1 + cfg.n_train + cfg.n_test + int(cfg.contact_sheet))
         with progress_bar("make-dataset", total) as advance:
             manifest = make_dataset(out, cfg, options(ctx).seed,
-                                    progress=lambda name: advance(1, name))
+                                    progress=lambda name: advance(1, name), overwrite=overwrite)
         n = {c: (len(e.train), len(e.test)) for c, e in manifest.categories.items()}
         for c, (tr, te) in n.items():
             console.print(f"{c}: canonical + {tr} train + {te} test")

@@ -53,7 +53,7 @@ def register_command(
     from regtool.render.context import check_render_size
     from regtool.errors import RegistrationError
     from regtool.features.compare import FeatureLoss
-    from regtool.io import ensure_writable_dir
+    from regtool.io import check_output_dir
     from regtool.registration.inputs import read_camera, read_image, read_mask, read_pose
     from regtool.registration.pipeline import (load_models, make_observation, run_registration,
                                                summary_line)
@@ -63,6 +63,7 @@ def register_command(
         cfg = command_config(ctx, config, {"register": {"iterations": iterations,
                                                    "joint": True if joint else None}})
         device = resolve_device(options(ctx).device)
+        check_output_dir(out)  # created only when the results are written
         cameras = [read_camera(p) for p in _per_view(camera, len(image), "camera")]
         for c in cameras:  # before any work: the supersampled size must fit the GL limits
             check_render_size(c.width, c.height, cfg.register.supersample)
@@ -76,7 +77,6 @@ def register_command(
                      for p, c in zip(_per_view(mask, len(image), "mask"), cameras)]
         images = [read_image(p, (c.width, c.height), resize) for p, c in zip(image, cameras)]
         named = None
-        ensure_writable_dir(out)
         space, net, _meta = load_models(shapespace, unet, device)
         if transfer is not None:
             from regtool.registration.transfer import (SURFACE_TOLERANCE, far_from_surface,

@@ -30,11 +30,14 @@ def render_view_command(
     from regtool.data.manifest import UNITS_TO_METRES
     from regtool.errors import RegistrationError
     from regtool.geometry.mesh import load_mesh
-    from regtool.io import write_atomic
+    from regtool.io import check_output_file, write_atomic
     from regtool.registration.inputs import read_camera, read_pose
     from regtool.render.shading import Material, random_background, render_shaded
 
     with reported_errors(ctx):
+        check_output_file(out)
+        if mask_out is not None:
+            check_output_file(mask_out)
         if units not in UNITS_TO_METRES:
             raise RegistrationError(f"--units must be one of {', '.join(UNITS_TO_METRES)}")
         m = load_mesh(mesh)

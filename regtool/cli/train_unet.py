@@ -31,6 +31,7 @@ def train_unet_command(
     IoU on views of the test meshes."""
     from regtool.device import resolve_device
     from regtool.features.train import side_paths, train_unet
+    from regtool.io import check_output_file
 
     with reported_errors(ctx):
         cfg = command_config(ctx, config, {"unet": {"steps": steps}})
@@ -38,6 +39,7 @@ def train_unet_command(
         device = resolve_device(opts.device)
         name = category.replace(",", "+")
         out = out if out is not None else Path("runs") / name / "unet.pt"
+        check_output_file(out)
         with progress_bar("train-unet", cfg.unet.steps) as advance:
             state = {"step": None}
 

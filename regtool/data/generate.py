@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -12,7 +14,8 @@ from regtool.data.manifest import (FORMAT, VERSION, CategoryEntry, FileEntry, Ma
                                    TestEntry, manifest_to_dict)
 from regtool.data.procedural import (canonical_params, generate_mesh, sample_params, spec_of)
 from regtool.geometry.mesh import save_mesh, save_points
-from regtool.io import atomic_dir, sha256_file, write_json_atomic
+from regtool.errors import OutputError
+from regtool.io import atomic_dir, check_output_dir, sha256_file, write_json_atomic
 
 Progress = Callable[[str], None]
 
@@ -76,14 +79,73 @@ def _sample_surface(mesh, count: int, rng: np.random.Generator):
     return trimesh.sample.sample_surface(mesh, count, seed=int(rng.integers(2 ** 31)))
 
 
+def dataset_files(root: Path) -> set[str] | None:
+    """Return the paths (relative, '/'-separated) of the files make-dataset writes into the
+    dataset folder `root` according to its manifest (the manifest, every mesh and point file it
+    lists, each category's params.json and contact_sheet.png); None if `root` holds no readable
+    regtool dataset manifest."""
+    try:
+        data = json.loads((Path(root) / "manifest.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(data, dict) or data.get("format") != FORMAT \
+            or not isinstance(data.get("categories"), dict):
+        return None
+    files = {"manifest.json"}
+
+    def paths(node) -> None:
+        if isinstance(node, dict):
+            if isinstance(node.get("path"), str):
+                files.add(node["path"])
+            for value in node.values():
+                paths(value)
+        elif isinstance(node, list):
+            for value in node:
+                paths(value)
+
+    paths(data["categories"])
+    for category in data["categories"]:
+        files |= {f"{category}/params.json", f"{category}/contact_sheet.png"}
+    return files
+
+
+def check_dataset_output(out: Path, overwrite: bool = False) -> None:
+    """OutputError unless make-dataset may write the folder `out`: it does not exist yet, is
+    empty, or holds a dataset regtool wrote and nothing else (`dataset_files`); any other
+    folder only with `overwrite`. Never a file, a symbolic link, nor the current folder or one
+    above it. Changes nothing."""
+    out = Path(out)
+    if os.path.lexists(out):
+        if out.is_symlink() or not out.is_dir():
+            raise OutputError(f"output {out} exists and is not a folder: give a new folder name")
+        here = Path.cwd().resolve()
+        if out.resolve() == here or out.resolve() in here.parents:
+            raise OutputError(f"output {out} is the current folder or holds it: give a folder "
+                              f"name below it")
+        if not overwrite:
+            known = dataset_files(out) or set()
+            foreign = sorted(p.relative_to(out).as_posix() for p in out.rglob("*")
+                             if not p.is_dir() and p.relative_to(out).as_posix() not in known)
+            if foreign:
+                more = f" (and {len(foreign) - 1} more files)" if len(foreign) > 1 else ""
+                raise OutputError(f"output {out} holds {foreign[0]}{more}, which regtool did "
+                                  f"not write: give a new folder, or --overwrite to replace the "
+                                  f"folder with everything in it")
+        check_output_dir(out)
+    check_output_dir(out.parent)
+
+
 def make_dataset(out: Path, config: MakeDatasetConfig, seed: int,
-                 progress: Progress | None = None) -> Manifest:
+                 progress: Progress | None = None, overwrite: bool = False) -> Manifest:
     """Write the procedural dataset to `out` (replaced atomically) and return its manifest.
 
-    Same `seed` and config -> byte-identical files (and manifest hashes).
+    An existing `out` is replaced only if it is empty or holds a dataset regtool wrote and
+    nothing else, or with `overwrite` (`check_dataset_output`; OutputError before any work
+    otherwise). Same `seed` and config -> byte-identical files (and manifest hashes).
     """
     for category in config.categories:
         spec_of(category)  # unknown category -> DatasetError before anything is written
+    check_dataset_output(out, overwrite)
     with atomic_dir(Path(out)) as tmp:
         categories = {c: write_category(tmp, c, config, seed, progress)
                       for c in config.categories}

@@ -398,7 +398,7 @@ def write_report(out_dir: Path, rows: Sequence[Mapping[str, Any]], *,
         record[key] = value
     payload = json_bytes(to_jsonable(record))
 
-    with staged_output(out_dir) as stage:
+    with staged_output(out_dir, "evaluation") as stage:
         (stage / REPORT_MD).write_text(md, encoding="utf-8")
         (stage / RESULTS_CSV).write_text(table_csv, encoding="utf-8")
         (stage / CHART_PNG).write_bytes(chart)

@@ -11,6 +11,12 @@ CPD field (the best the shape space can express).
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import os
+import signal
+import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -193,8 +199,6 @@ def evaluate(dataset_root: Path, categories: list[str], shapespaces: dict[str, P
              progress=None) -> list[dict]:
     """Return the report rows of every test instance of `categories`, evaluated in parallel
     processes when `config.evaluate.workers` (0: one per core) allows."""
-    import os
-
     from regtool.data.manifest import read_manifest
 
     manifest = read_manifest(dataset_root)
@@ -215,11 +219,10 @@ def evaluate(dataset_root: Path, categories: list[str], shapespaces: dict[str, P
                 progress(f"{job.category}/{rows[k]['instance']}")
         return rows
     import concurrent.futures as cf
-    import multiprocessing as mp
 
     threads = max(1, (os.cpu_count() or 1) // workers)
     jobs = [InstanceJob(**{**job.__dict__, "threads": threads}) for job in jobs]
-    with cf.ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
+    with worker_pool(workers) as pool:
         futures = {pool.submit(evaluate_instance, job): k for k, job in enumerate(jobs)}
         for fut in cf.as_completed(futures):
             k = futures[fut]
@@ -229,3 +232,36 @@ def evaluate(dataset_root: Path, categories: list[str], shapespaces: dict[str, P
     return rows
 
 
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def worker_pool(workers: int):
+    """Return a process pool (`concurrent.futures.ProcessPoolExecutor`, spawn start method) of
+    `workers` processes that end when this process ends, also when it is killed with SIGKILL
+    and cannot shut the pool down (`_die_with_parent`). Submit from the thread that keeps the
+    pool: Linux signals a worker when the thread that started it ends."""
+    import concurrent.futures as cf
+    import multiprocessing as mp
+
+    return cf.ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"),
+                                  initializer=_die_with_parent, initargs=(os.getpid(),))
+
+
+def _die_with_parent(parent_pid: int) -> None:
+    """Pool worker initializer: end this process (SIGKILL) when its parent `parent_pid` ends, by
+    PR_SET_PDEATHSIG on Linux and, everywhere, a daemon thread that polls the parent id."""
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+    if os.getppid() != parent_pid:  # the parent died before the signal was set up
+        os._exit(1)
+    threading.Thread(target=_watch_parent, args=(parent_pid,), name="regtool-parent-watch",
+                     daemon=True).start()
+
+
+def _watch_parent(parent_pid: int, interval_s: float = 0.5) -> None:
+    """Return never: exit the process once its parent is no longer `parent_pid`."""
+    while os.getppid() == parent_pid:
+        time.sleep(interval_s)
+    os._exit(1)

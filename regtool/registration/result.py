@@ -13,9 +13,11 @@ A result folder holds:
 * ``optimisation.gif`` -- the frames of the optimisation given by the caller (optional; from
   `register`: the same figure for the first view with the iteration and loss on each frame).
 
-All files of one call appear together or not at all: they are written into a hidden staging
-folder inside the output folder and renamed into place only once every one of them has been
-written (`staged_output`). Other files already in the output folder are left alone.
+All files of one call appear together or not at all, and replace those of an earlier call as a
+whole, also when the process is killed: they are written into a hidden staging folder and
+published by one rename (`regtool.io.staged_output`; each file is a symbolic link into the
+hidden folder `.regtool-sets/registration` of the output folder). Other files already in the
+output folder are left alone.
 """
 
 from __future__ import annotations
@@ -287,7 +289,7 @@ def write_registration(out_dir: Path, *, vertices: np.ndarray, faces: np.ndarray
         ([OPTIMISATION_GIF] if gif is not None else [])
     payload = json_bytes(record)
 
-    with staged_output(out_dir) as stage:
+    with staged_output(out_dir, "registration") as stage:
         save_mesh(stage / MESH_PLY, vertices, faces)
         save_mesh(stage / MESH_OBJ, vertices, faces)
         (stage / OVERLAY_PNG).write_bytes(overlay)

@@ -104,7 +104,9 @@ def test_failure_midway_leaves_previous_output_intact(tmp_path, monkeypatch):
         return real(*args, **kwargs)
 
     monkeypatch.setattr(generate, "generate_mesh", flaky)
-    result = runner.invoke(app, ["make-dataset", "--out", str(out), "--categories", "bottle"])
+    # keep.txt is not regtool's: only --overwrite lets make-dataset replace this folder.
+    result = runner.invoke(app, ["make-dataset", "--out", str(out), "--categories", "bottle",
+                                 "--overwrite"])
     one_line_error(result, "simulated meshing failure")
     assert sorted(p.name for p in out.iterdir()) == ["keep.txt"]
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".ds.")]

@@ -39,7 +39,10 @@ def test_writes_table1_layout_in_mm(tmp_path):
     paths = write_report(out, rows, dataset_units="m", environment={"device": "cpu"},
                          config={"evaluate": {"noise_draws": 2}}, timings={"total_s": 12.5})
     assert set(paths) == FILES and all(p.is_file() for p in paths.values())
-    assert {p.name for p in out.iterdir()} == FILES  # no staging leftovers
+    assert {p.name for p in out.iterdir()} == FILES | {".regtool-sets"}  # no staging leftovers
+    sets = sorted(p.name for p in (out / ".regtool-sets").iterdir())
+    assert len(sets) == 2 and sets[0] == "evaluation", sets  # the link and one generation
+    assert sets[1].startswith("evaluation.") and not sets[1].endswith(".tmp"), sets
 
     md = (out / "report.md").read_text()
     assert "**mm**" in md

@@ -115,7 +115,11 @@ def test_write_registration_all_files(tmp_path):
                                config={"iterations": 5}, extra={"stopped": "plateau"})
     names = {"deformed.ply", "deformed.obj", "result.json", "overlay.png", "optimisation.gif"}
     assert set(paths) == names
-    assert {p.name for p in out.iterdir()} == names  # nothing else (no staging folder)
+    assert {p.name for p in out.iterdir()} == names | {".regtool-sets"}  # no staging folder
+    # The hidden folder holds the set's link and its one generation, nothing left over.
+    sets = sorted(p.name for p in (out / ".regtool-sets").iterdir())
+    assert len(sets) == 2 and sets[0] == "registration", sets
+    assert sets[1].startswith("registration.") and not sets[1].endswith(".tmp"), sets
 
     for name in ("deformed.ply", "deformed.obj"):
         mesh = load_mesh(out / name)
