@@ -50,7 +50,6 @@ def register_command(
     import numpy as np
 
     from regtool.device import resolve_device, torch_threads
-    from regtool.render.context import check_render_size
     from regtool.errors import RegistrationError
     from regtool.features.compare import FeatureLoss
     from regtool.io import check_output_dir
@@ -58,6 +57,7 @@ def register_command(
     from regtool.registration.pipeline import (load_models, make_observation, run_registration,
                                                summary_line)
     from regtool.registration.result import ViewResult, software_versions, write_registration
+    from regtool.render.context import check_render_size
 
     with reported_errors(ctx):
         cfg = command_config(ctx, config, {"register": {"iterations": iterations,
