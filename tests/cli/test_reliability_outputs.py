@@ -260,6 +260,7 @@ def _run_id_of_set(out: Path) -> int:
     """Return the run id all result files in `out` agree on; fail if they are mixed, partial or
     left over, or staging of a writer is visible."""
     from regtool.geometry.mesh import load_mesh
+    from regtool.registration.figures import BAR_HEIGHT
 
     visible = {p.name for p in out.iterdir() if not p.name.startswith(".")}
     assert visible - {"notes.txt"} == RESULT_FILES, visible
@@ -269,7 +270,9 @@ def _run_id_of_set(out: Path) -> int:
         np.testing.assert_allclose(load_mesh(out / name).vertices, sphere * run_id, atol=1e-6,
                                    err_msg=name)
     grey = round(run_id / 100.0 * 255)
-    assert abs(iio.imread(out / "overlay.png")[:, :W].mean() - grey) < 1.0
+    # The observation panel of the overlay figure, below its title bar.
+    panel = iio.imread(out / "overlay.png")[BAR_HEIGHT:BAR_HEIGHT + H, :W]
+    assert abs(panel.mean() - grey) < 1.0
     assert abs(iio.imread(out / "optimisation.gif")[0][:, :, :3].mean() - grey) < 2.0
     # Links all lead into one generation (plain files of an earlier version, checked above by
     # content, are replaced by links to the same bytes one by one).
@@ -500,6 +503,7 @@ def _register_cmd(art: Path, out: Path, iterations: int, pose: Path | None = Non
 def _registered_set(out: Path, space) -> tuple[float, ...]:
     """Return z of the one registration in `out`; fail if its files are mixed or partial."""
     from regtool.geometry.mesh import load_mesh
+    from regtool.registration.figures import BAR_HEIGHT
 
     visible = {p.name for p in out.iterdir() if not p.name.startswith(".")}
     assert visible == RESULT_FILES, visible
