@@ -45,12 +45,6 @@ def box(p: np.ndarray, half: tuple[float, float, float], rounding: float = 0.0) 
     return outside + inside - rounding
 
 
-def cylinder_z(p: np.ndarray, radius: float, half_height: float) -> np.ndarray:
-    """Capped cylinder along z centred at the origin."""
-    d = np.stack([np.hypot(p[:, 0], p[:, 1]) - radius, np.abs(p[:, 2]) - half_height], -1)
-    return np.minimum(d.max(-1), 0.0) + np.linalg.norm(np.maximum(d, 0.0), axis=-1)
-
-
 def revolve_z(p: np.ndarray, radius_of_z: Callable[[np.ndarray], np.ndarray], z0: float,
               z1: float, rounding: float = 0.0) -> np.ndarray:
     """Solid of revolution about the z axis with radius profile r(z) for z in [z0, z1], caps

@@ -10,7 +10,6 @@ the metadata carries (`content_sha256`), so flipped bytes are refused rather tha
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import io
 import json
@@ -247,8 +246,3 @@ def load_unet(path: Path, device: torch.device | str = "cpu",
     model = model_from_checkpoint(blob, str(path)).to(device)
     model.eval()
     return model, meta
-
-
-def config_to_json(config: UNetConfig) -> dict[str, Any]:
-    """Return the config as a JSON-ready dict."""
-    return dataclasses.asdict(config)

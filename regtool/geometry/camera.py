@@ -90,14 +90,6 @@ class CameraIntrinsics:
                    float(values["cy"]), int(values["width"]), int(values["height"]))
 
 
-def project_points(points_cam: torch.Tensor, camera: CameraIntrinsics) -> torch.Tensor:
-    """Return pixel coordinates (..., 2) of camera-frame points (..., 3) (pixel frame above)."""
-    z = points_cam[..., 2]
-    u = camera.fx * points_cam[..., 0] / z + camera.cx
-    v = camera.fy * points_cam[..., 1] / z + camera.cy
-    return torch.stack([u, v], dim=-1)
-
-
 def skew(v: torch.Tensor) -> torch.Tensor:
     """Return the (..., 3, 3) cross-product matrices of vectors (..., 3)."""
     zero = torch.zeros_like(v[..., 0])
@@ -122,13 +114,6 @@ def axis_angle_to_matrix(rotvec: torch.Tensor) -> torch.Tensor:
     k = skew(rotvec)
     eye = torch.eye(3, dtype=rotvec.dtype, device=rotvec.device).expand_as(k)
     return eye + a * k + b * (k @ k)
-
-
-def matrix_to_axis_angle(rot: np.ndarray) -> np.ndarray:
-    """Return the axis-angle vector (3,) in radians of a rotation matrix (3, 3) (numpy)."""
-    from scipy.spatial.transform import Rotation
-
-    return Rotation.from_matrix(rot).as_rotvec()
 
 
 @dataclass(frozen=True)

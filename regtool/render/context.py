@@ -230,11 +230,3 @@ def check_render_size(width: int, height: int, scale: int = 1) -> None:
     if _CONTEXT is None:
         _CONTEXT = GLContext(64, 64)
     _CONTEXT.check_size(width, height, scale)
-
-
-def release_context() -> None:
-    """Delete the process-wide context (e.g. before forking workers)."""
-    global _CONTEXT
-    if _CONTEXT is not None:
-        _CONTEXT.delete()
-        _CONTEXT = None
