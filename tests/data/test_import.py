@@ -322,3 +322,35 @@ def test_imported_dataset_gives_the_original_numbers(tmp_path, repo_root):
             assert after[name][column] == pytest.approx(before[name][column], rel=0.02), (
                 name, column, before[name], after[name])
     shutil.rmtree(tmp_path / "src")
+
+
+def test_manifest_round_trips_and_old_manifests_stay_valid(imported, dataset_dir):
+    from regtool.data.manifest import manifest_to_dict, parse_manifest
+
+    out, _ = imported
+    written = json.loads((out / "manifest.json").read_text())
+    assert manifest_to_dict(read_manifest(out)) == written
+    old = json.loads((dataset_dir / "manifest.json").read_text())
+    assert manifest_to_dict(parse_manifest(old)) == old  # no optional field appears
+    assert read_manifest(dataset_dir).categories["bottle"].offset is None
+    for bad in ([1.0, 2.0], [1.0, float("nan"), 0.0], "0 0 0", [True, 0, 0]):
+        broken = json.loads(json.dumps(written))
+        broken["categories"]["bottle"]["offset"] = bad
+        with pytest.raises(DatasetError, match="offset must be a list of 3 finite numbers"):
+            parse_manifest(broken)
+    broken = json.loads(json.dumps(written))
+    broken["categories"]["bottle"]["test"][0]["points_source"] = "guessed"
+    with pytest.raises(DatasetError, match="points_source must be one of file, sampled"):
+        parse_manifest(broken)
+
+
+def test_train_unet_renders_a_mm_dataset_in_metres(imported, dataset_dir):
+    from regtool.features.train import load_view_meshes
+
+    out, _ = imported
+    train_mm, test_mm = load_view_meshes(out, ["bottle"])
+    train_m, test_m = load_view_meshes(dataset_dir, ["bottle"])
+    assert [v.name for v in train_mm] == [v.name for v in train_m]
+    for a, b in zip(train_mm + test_mm, train_m + test_m):
+        np.testing.assert_allclose(a.vertices.min(0), b.vertices.min(0), atol=1e-7)
+        np.testing.assert_allclose(a.vertices.max(0), b.vertices.max(0), atol=1e-7)
