@@ -15,7 +15,8 @@ dataset in the layout of `regtool.data.manifest`, meshes written as PLY in the s
 * repair: a mesh that is not watertight, consistently wound and outward-facing is repaired
   where trimesh can (merge duplicate vertices, drop degenerate and duplicate faces, fill
   triangle and quad holes, fix winding and orientation); the steps are recorded per mesh in
-  `categories.<c>.repaired`. A mesh that stays open is refused (MeshError naming the file).
+  `categories.<c>.repaired`. A mesh that stays open is refused (MeshError naming the file),
+  and so is a mesh more than 10x larger or smaller than the canonical (a file in another unit).
 * evaluation points of test meshes: from `points_dir` (`NAME.ext` or `NAME_points.ext`, ext one
   of .ply .npy .xyz .txt .pcd, same frame and unit as the meshes; every test mesh needs one then)
   or `eval_points` points sampled (seeded) on the test mesh; `points_source` in the manifest says
@@ -125,6 +126,20 @@ def medoid(meshes: dict[str, trimesh.Trimesh], seed: int,
             total[i] += d
             total[j] += d
     return names[int(np.argmin(total))], {n: float(t) for n, t in zip(names, total)}
+
+
+def _check_sizes(canonical: trimesh.Trimesh, meshes: dict[Path, trimesh.Trimesh],
+                 units: str) -> None:
+    """MeshError naming the first mesh more than SIZE_ERROR_RATIO times larger or smaller than
+    the canonical (a file in another unit)."""
+    from regtool.data.dataset import SIZE_ERROR_RATIO, mesh_size, size_message, size_ratio
+
+    reference = mesh_size(canonical.vertices)
+    for path, mesh in meshes.items():
+        size = mesh_size(mesh.vertices)
+        if size_ratio(size, reference) > SIZE_ERROR_RATIO:
+            raise MeshError(size_message(str(path), size, reference, units)
+                            + f" (more than {SIZE_ERROR_RATIO:g}x: refused)")
 
 
 def _is_dataset(path: Path) -> bool:
@@ -255,6 +270,7 @@ def import_dataset(src: Path, category: str, out: Path, *, units: str = "m",
         canonical, medoid_scores = medoid({n: meshes[n].mesh for n in pool}, seed)
     train = [n for n in pool if n != canonical]
     canon = meshes[canonical].mesh
+    _check_sizes(canon, {files[n]: meshes[n].mesh for n in names if n != canonical}, units)
     offset = -0.5 * (canon.vertices.min(axis=0) + canon.vertices.max(axis=0))
 
     def moved(name: str) -> trimesh.Trimesh:

@@ -201,6 +201,7 @@ def _boxes(folder: Path, n: int = 5) -> Path:
     ("unknown test", "test mesh 'box_9' not found"),
     ("missing points", "no evaluation points for test mesh 'box_1'"),
     ("units", "--units must be one of"),
+    ("unit mix-up", "box_4.obj: size"),
     ("out is src", "would replace the source folder"),
 ])
 def test_bad_input_is_refused_before_writing(tmp_path, case, fragment):
@@ -231,6 +232,8 @@ def test_bad_input_is_refused_before_writing(tmp_path, case, fragment):
         args += ["--test", "box_0,box_1", "--points-dir", str(tmp_path / "points")]
     elif case == "units":
         args += ["--units", "inch"]
+    elif case == "unit mix-up":  # this one in mm among meshes in m
+        trimesh.creation.box((1000.0, 1000.0, 1400.0)).export(src / "box_4.obj")
     elif case == "out is src":
         args[args.index("--out") + 1] = str(src)
     before = sorted(p.name for p in tmp_path.rglob("*"))
