@@ -271,7 +271,7 @@ def import_dataset(src: Path, category: str, out: Path, *, units: str = "m",
     train = [n for n in pool if n != canonical]
     canon = meshes[canonical].mesh
     _check_sizes(canon, {files[n]: meshes[n].mesh for n in names if n != canonical}, units)
-    offset = -0.5 * (canon.vertices.min(axis=0) + canon.vertices.max(axis=0))
+    offset = 0.0 - 0.5 * (canon.vertices.min(axis=0) + canon.vertices.max(axis=0))  # no -0.0
 
     def moved(name: str) -> trimesh.Trimesh:
         m = meshes[name].mesh
