@@ -8,8 +8,8 @@ from typing import Optional
 
 import typer
 
-from regtool.cli.app import (ConfigOption, app, command_config, console, options, progress_bar,
-                             reported_errors)
+from regtool.cli.app import (ConfigOption, app, command_config, console, err_console, options,
+                             progress_bar, reported_errors)
 
 
 @app.command("build-shapespace")
@@ -42,6 +42,8 @@ def build_shapespace_command(
                                                 progress=lambda name: advance(1, name))
         report["dataset"] = str(dataset)
         report["timings"]["load_s"] = round(t_load, 3)
+        for warning in report["warnings"]:
+            err_console.print(f"[yellow]warning:[/yellow] {warning}")
         path = space.save(out_path, report)
         s = report["summary"]
         u = report["units"]

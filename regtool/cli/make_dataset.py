@@ -7,8 +7,8 @@ from typing import Optional
 
 import typer
 
-from regtool.cli.app import (ConfigOption, app, command_config, console, options, progress_bar,
-                             reported_errors)
+from regtool.cli.app import (ConfigOption, app, command_config, console, err_console, options,
+                             progress_bar, reported_errors)
 
 
 @app.command("make-dataset")
@@ -50,13 +50,32 @@ def check_dataset_command(
     dataset: Path = typer.Argument(..., help="Dataset folder."),
     manifest: Optional[Path] = typer.Option(
         None, "--manifest", help="Manifest to check against (default: DATASET/manifest.json)."),
-    no_hashes: bool = typer.Option(False, "--no-hashes", help="Check presence only."),
+    no_hashes: bool = typer.Option(False, "--no-hashes", help="Do not compare sha256."),
+    fast: bool = typer.Option(False, "--fast", help="Check presence and hashes only; do not "
+                              "load the meshes and point sets (no content checks, no "
+                              "warnings)."),
 ) -> None:
-    """Verify a dataset against its manifest (files present, sha256 equal)."""
+    """Verify a dataset against its manifest (files present, sha256 equal) and load every mesh
+    and point file (finite, non-empty, valid faces); warn about a canonical far from the origin
+    and meshes whose size differs from the canonical's by more than 3x (a units mix-up)."""
+    from regtool.data.dataset import content_findings
     from regtool.data.manifest import verify_dataset
+    from regtool.errors import DatasetError
 
     with reported_errors(ctx):
         m = verify_dataset(dataset, manifest, check_hashes=not no_hashes)
+        warnings: list[str] = []
+        if not fast:
+            problems, warnings = content_findings(dataset, m)
+            if problems:
+                more = f" (+{len(problems) - 5} more)" if len(problems) > 5 else ""
+                raise DatasetError(f"dataset {dataset}: " + "; ".join(problems[:5]) + more)
+        for w in warnings:
+            err_console.print(f"[yellow]warning:[/yellow] {w}")
+        checked = "files present" if no_hashes else "hashes match"
+        if not fast:
+            checked += ", contents valid"
         for c, e in m.categories.items():
             console.print(f"{c}: canonical + {len(e.train)} train + {len(e.test)} test: ok")
-        console.print(f"dataset {dataset} matches its manifest (units: {m.units})")
+        console.print(f"dataset {dataset} matches its manifest ({checked}; units: {m.units}"
+                      f"{f'; {len(warnings)} warnings' if warnings else ''})")

@@ -19,12 +19,23 @@ Manifest (JSON)::
 
 `sha256: null` means "not pinned": the file must exist and load, its bytes are not checked
 (used by templates such as `data_manifests/deepcpd.json`).
+
+Optional fields (written by `regtool import-dataset`; manifests without them stay valid):
+
+* ``categories.<c>.offset``: ``[x, y, z]`` in the manifest's units, the translation that was
+  added to the source meshes and point sets to put the canonical's bounding-box centre at the
+  origin (file coordinates = source coordinates + offset).
+* ``categories.<c>.test[i].points_source``: ``"file"`` (the evaluation points were given with
+  the meshes) or ``"sampled"`` (drawn uniformly on the test mesh's surface).
+* Any other key of a category (e.g. ``repaired``: {mesh name: [repair steps]}, ``sources``:
+  {mesh name: source file}) is kept as it is in `CategoryEntry.extra`.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from regtool.errors import DatasetError
@@ -33,6 +44,7 @@ from regtool.io import sha256_file
 FORMAT = "regtool-dataset"
 VERSION = 1
 UNITS_TO_METRES = {"m": 1.0, "cm": 0.01, "mm": 0.001}
+POINTS_SOURCES = ("file", "sampled")
 
 
 @dataclass(frozen=True)
@@ -46,18 +58,25 @@ class FileEntry:
 
 @dataclass(frozen=True)
 class TestEntry:
-    """A test instance: its mesh and its evaluation point set."""
+    """A test instance: its mesh and its evaluation point set; `points_source` ("file" or
+    "sampled", see the module docstring) or None when the manifest does not say."""
 
     mesh: FileEntry
     eval_points: FileEntry
+    points_source: str | None = None
 
 
 @dataclass(frozen=True)
 class CategoryEntry:
+    """A category: canonical, training and test files; `offset` (x, y, z) in the dataset's
+    units or None, and the category's other optional keys in `extra` (module docstring)."""
+
     name: str
     canonical: FileEntry
     train: tuple[FileEntry, ...]
     test: tuple[TestEntry, ...]
+    offset: tuple[float, float, float] | None = None
+    extra: dict = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -93,6 +112,21 @@ def _file_entry(data, where: str) -> FileEntry:
     return FileEntry(str(name), path, sha)
 
 
+_CATEGORY_KEYS = ("canonical", "train", "test", "offset")
+
+
+def _offset(value, where: str) -> tuple[float, float, float] | None:
+    """Return the optional category offset as 3 floats; DatasetError unless None or a list of 3
+    finite numbers."""
+    if value is None:
+        return None
+    if (not isinstance(value, list) or len(value) != 3
+            or not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in value)
+            or not all(math.isfinite(x) for x in value)):
+        raise DatasetError(f"{where} must be a list of 3 finite numbers")
+    return (float(value[0]), float(value[1]), float(value[2]))
+
+
 def parse_manifest(data: dict, source: str = "manifest") -> Manifest:
     """Return the Manifest in `data`; DatasetError naming the first malformed field."""
     if not isinstance(data, dict) or data.get("format") != FORMAT:
@@ -119,13 +153,20 @@ def parse_manifest(data: dict, source: str = "manifest") -> Manifest:
             mesh = _file_entry(t, where)
             if not isinstance(t.get("eval_points"), dict):
                 raise DatasetError(f"{source}: {where}.eval_points missing")
-            tests.append(TestEntry(mesh, _file_entry(t["eval_points"], f"{where}.eval_points")))
+            points_source = t.get("points_source")
+            if points_source is not None and points_source not in POINTS_SOURCES:
+                raise DatasetError(f"{source}: {where}.points_source must be one of "
+                                   f"{', '.join(POINTS_SOURCES)}")
+            tests.append(TestEntry(mesh, _file_entry(t["eval_points"], f"{where}.eval_points"),
+                                   points_source))
         categories[cname] = CategoryEntry(
             name=cname,
             canonical=_file_entry(c.get("canonical"), f"categories.{cname}.canonical"),
             train=tuple(_file_entry(e, f"categories.{cname}.train[{i}]")
                         for i, e in enumerate(train)),
-            test=tuple(tests))
+            test=tuple(tests),
+            offset=_offset(c.get("offset"), f"{source}: categories.{cname}.offset"),
+            extra={k: v for k, v in c.items() if k not in _CATEGORY_KEYS})
     extra = {k: v for k, v in data.items()
              if k not in ("format", "version", "name", "units", "up_axis", "categories")}
     return Manifest(str(data.get("name", "")), units, str(data.get("up_axis", "z")), categories,
@@ -136,13 +177,19 @@ def manifest_to_dict(m: Manifest) -> dict:
     """Return the JSON form of a manifest."""
     def fe(e: FileEntry) -> dict:
         return {"name": e.name, "path": e.path, "sha256": e.sha256}
+
+    def test(t: TestEntry) -> dict:
+        source = {} if t.points_source is None else {"points_source": t.points_source}
+        return {**fe(t.mesh), "eval_points": fe(t.eval_points), **source}
+
+    def category(c: CategoryEntry) -> dict:
+        offset = {} if c.offset is None else {"offset": list(c.offset)}
+        return {"canonical": fe(c.canonical), "train": [fe(e) for e in c.train],
+                "test": [test(t) for t in c.test], **offset, **c.extra}
+
     return {"format": FORMAT, "version": VERSION, "name": m.name, "units": m.units,
             "up_axis": m.up_axis, **m.extra,
-            "categories": {c.name: {"canonical": fe(c.canonical),
-                                    "train": [fe(e) for e in c.train],
-                                    "test": [{**fe(t.mesh), "eval_points": fe(t.eval_points)}
-                                             for t in c.test]}
-                           for c in m.categories.values()}}
+            "categories": {c.name: category(c) for c in m.categories.values()}}
 
 
 def read_manifest(path: Path) -> Manifest:

@@ -124,11 +124,12 @@ def resolve_categories(dataset_root: Path, categories: str | list[str]) -> list[
     return list(categories)
 
 
-def view_mesh(mesh, label: int, name: str) -> ViewMesh:
-    """Return the ViewMesh of a trimesh mesh, with its vertex normals computed once here
-    rather than for every rendered view."""
-    return ViewMesh(np.asarray(mesh.vertices, np.float64), np.asarray(mesh.faces, np.int64),
-                    label, name, np.asarray(mesh.vertex_normals, np.float64))
+def view_mesh(mesh, label: int, name: str, scale: float = 1.0) -> ViewMesh:
+    """Return the ViewMesh of a trimesh mesh with its vertices x `scale` (mesh units -> metres),
+    with its vertex normals computed once here rather than for every rendered view."""
+    return ViewMesh(np.asarray(mesh.vertices, np.float64) * scale,
+                    np.asarray(mesh.faces, np.int64), label, name,
+                    np.asarray(mesh.vertex_normals, np.float64))
 
 
 def load_view_meshes(dataset_root: Path, categories: list[str]
@@ -136,14 +137,16 @@ def load_view_meshes(dataset_root: Path, categories: list[str]
     """Return (training meshes, test meshes) of `categories` as ViewMesh with 1-based labels in
     the order of `categories`; DatasetError if a category is missing or has no training mesh."""
     from regtool.data.dataset import load_category
+    from regtool.data.manifest import UNITS_TO_METRES
 
     train, test = [], []
     for label, name in enumerate(categories, start=1):
         data = load_category(Path(dataset_root), name, with_test=True, min_train=1)
+        scale = UNITS_TO_METRES[data.units]  # views are rendered in metres
         for mesh_name, mesh in data.train.items():
-            train.append(view_mesh(mesh, label, mesh_name))
+            train.append(view_mesh(mesh, label, mesh_name, scale))
         for inst in data.test:
-            test.append(view_mesh(inst.mesh, label, inst.name))
+            test.append(view_mesh(inst.mesh, label, inst.name, scale))
     return train, test
 
 

@@ -50,6 +50,7 @@ def shapespace_from_meshes(canonical: tuple[np.ndarray, np.ndarray],
                            config: ShapeSpaceConfig, seed: int, device: str | torch.device = "cpu",
                            *, category: str = "category", units: str = "m",
                            input_hashes: dict[str, str] | None = None,
+                           sources: dict[str, str] | None = None,
                            progress: Progress | None = None) -> tuple[ShapeSpace, dict[str, Any]]:
     """Return (ShapeSpace, report) from in-memory meshes given as (vertices (V, 3), faces (F, 3)).
 
@@ -57,8 +58,10 @@ def shapespace_from_meshes(canonical: tuple[np.ndarray, np.ndarray],
     N = target_points and report_points per training instance. CPD (canonical -> instance) with
     the config's parameters on `device` (float64); PCA over d_i = G(Y, V_c) W_i. The report
     holds explained variance, per-instance CPD residual / latent reconstruction / canonical
-    distances (units, see METRIC), timings and parameters. MeshError for bad meshes or fewer than
-    2 training instances.
+    distances (units, see METRIC), timings and parameters, and under "warnings" the training
+    meshes whose size differs from the canonical's by more than 3x. MeshError for bad meshes,
+    fewer than 2 training instances, or a training mesh more than 10x larger or smaller than the
+    canonical (named by `sources`: name -> file, default its name).
     """
     t_start = time.perf_counter()
     if len(train) < 2:
@@ -67,6 +70,7 @@ def shapespace_from_meshes(canonical: tuple[np.ndarray, np.ndarray],
     validate_mesh(np.asarray(cv, np.float64), np.asarray(cf, np.int64), "canonical mesh")
     for name, (v, f) in train.items():
         validate_mesh(np.asarray(v, np.float64), np.asarray(f, np.int64), f"training mesh {name}")
+    size_warnings = check_sizes(cv, {n: v for n, (v, _) in train.items()}, units, sources)
     cv, cf = np.asarray(cv, np.float64), np.asarray(cf, np.int64)
     rng = np.random.default_rng(seed)
     template = sample_surface(cv, cf, config.template_points, rng)
@@ -140,8 +144,30 @@ def shapespace_from_meshes(canonical: tuple[np.ndarray, np.ndarray],
                     "report_s": round(t_eval, 3),
                     "total_s": round(time.perf_counter() - t_start, 3)},
         "input_hashes": dict(input_hashes or {}),
+        "warnings": size_warnings,
     }
     return space, report
+
+
+def check_sizes(canonical_vertices: np.ndarray, train: dict[str, np.ndarray], units: str,
+                sources: dict[str, str] | None = None) -> list[str]:
+    """Return a warning per training mesh (vertices (V, 3)) whose size (bounding-box diagonal)
+    differs from the canonical's by more than SIZE_WARN_RATIO; MeshError naming the first one
+    that differs by more than SIZE_ERROR_RATIO (a mesh in another unit)."""
+    from regtool.data.dataset import (SIZE_ERROR_RATIO, SIZE_WARN_RATIO, mesh_size, size_message,
+                                      size_ratio)
+
+    reference = mesh_size(canonical_vertices)
+    warnings = []
+    for name, vertices in train.items():
+        size = mesh_size(vertices)
+        label = f"training mesh {(sources or {}).get(name, name)}"
+        if size_ratio(size, reference) > SIZE_ERROR_RATIO:
+            raise MeshError(size_message(label, size, reference, units)
+                            + f" (more than {SIZE_ERROR_RATIO:g}x: refused)")
+        if size_ratio(size, reference) > SIZE_WARN_RATIO:
+            warnings.append(size_message(label, size, reference, units))
+    return warnings
 
 
 def build_shapespace(dataset_root: Path, category: str, config: ShapeSpaceConfig, seed: int,
@@ -179,4 +205,4 @@ def build_from_category(data, config: ShapeSpaceConfig, seed: int,
         (np.asarray(data.canonical.vertices), np.asarray(data.canonical.faces)),
         {n: (np.asarray(m.vertices), np.asarray(m.faces)) for n, m in data.train.items()},
         config, seed, device, category=data.name, units=data.units, input_hashes=data.hashes,
-        progress=progress)
+        sources=data.paths, progress=progress)
