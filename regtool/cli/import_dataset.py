@@ -41,7 +41,7 @@ def import_dataset_command(
     from regtool.data.importer import import_dataset
 
     with reported_errors(ctx):
-        cfg = command_config(config).make_dataset
+        cfg = command_config(ctx, config).make_dataset
         tests = None if test is None else [t.strip() for t in test.split(",") if t.strip()]
         with progress_bar("import-dataset", None) as advance:
             manifest = import_dataset(src, category, out, units=units, canonical=canonical,
