@@ -673,3 +673,24 @@ def diff_render(vertices: torch.Tensor, faces, cameras: CameraIntrinsics | list[
     if not batched:
         image, mask = image[0], mask[0]
     return image, mask
+
+
+def diff_render_supersampled(vertices: torch.Tensor, faces, camera: CameraIntrinsics,
+                             settings: DiffRenderSettings = DiffRenderSettings(),
+                             factor: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """Anti-aliased `diff_render` through one camera: render at `factor` x the image size and
+    average factor x factor blocks; return (image (C, H, W) or (B, C, H, W), mask (H, W) or
+    (B, H, W) bool: at least half of the block covered), the sizes of `camera`. factor <= 1 is
+    plain `diff_render`. Gradients reach `vertices` through the average."""
+    if factor <= 1:
+        return diff_render(vertices, faces, camera, settings)
+    image, mask = diff_render(vertices, faces,
+                              camera.scaled(camera.width * factor, camera.height * factor),
+                              settings)
+    if image.dim() == 3:
+        image = TF.avg_pool2d(image[None], factor)[0]
+        mask = TF.avg_pool2d(mask[None, None].float(), factor)[0, 0] >= 0.5
+    else:
+        image = TF.avg_pool2d(image, factor)
+        mask = TF.avg_pool2d(mask[:, None].float(), factor)[:, 0] >= 0.5
+    return image, mask
