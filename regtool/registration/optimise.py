@@ -12,20 +12,21 @@ Forward (`forward`, the one forward pass of every stage): ShapeSpace.deform(z) -
 render_fn (e.g. `diff_render_supersampled`) -> loss (FeatureLoss against the observed image,
 restricted to the dilated object region), for a `Problem` (shape space, observations, loss,
 renderer, scales). Stages, each calling `forward`: `_centre_shift` (silhouette centring),
-`_rotation_search` (rotation grid), `_descend` (one gradient descent), the code search of
-`_register_with_code_search`; `register` is the driver. The loss has no natural scale, so each
-parameter group's gradients are multiplied by the inverse norm of its first gradient, or by
-their own inverse norm where that is smaller: a learning rate is then the length of the first
-step and a bound on every later gradient step (in standard deviations for the shape, radians /
-object radii for the pose). SGD with momentum and exponential LR decay; in joint mode the
-x/y translation first moves the bounding box of the rendered silhouette onto that of the
-object region (`centre_start`), the rotation starts from the best of a coarse grid of
-+/-`pose_search_deg` about each allowed axis, then `pose_warmup` pose-only iterations align
-the canonical (a shape optimised against a misaligned pose absorbs the misalignment) and the
-shape updates start from the best pose of the warm-up; after it the pose is updated once every
-`pose_every` shape updates; the whitened code stays within +/-`latent_bound` standard
-deviations. Stop at `iterations`, on a plateau, or on divergence (NaN or loss > 10x the
-first), keeping the best state seen.
+`_rotation_search` (rotation grid; both in `_initial_increment`), `_descend` (one gradient
+descent), `_code_search`; `register` is the driver that composes them.
+
+The loss has no natural scale, so each parameter group's gradients are multiplied by the inverse
+norm of its first gradient, or by their own inverse norm where that is smaller: a learning rate
+is then the length of the first step and a bound on every later gradient step (in standard
+deviations for the shape, radians / object radii for the pose). SGD with momentum and
+exponential LR decay; in joint mode the x/y translation first moves the bounding box of the
+rendered silhouette onto that of the object region (`centre_start`), the rotation starts from
+the best of a coarse grid of +/-`pose_search_deg` about each allowed axis, then `pose_warmup`
+pose-only iterations align the canonical (a shape optimised against a misaligned pose absorbs
+the misalignment) and the shape updates start from the best pose of the warm-up; after it the
+pose is updated once every `pose_every` shape updates; the whitened code stays within
++/-`latent_bound` standard deviations. Stop at `iterations`, on a plateau, or on divergence (NaN
+or loss > 10x the first), keeping the best state seen.
 """
 
 from __future__ import annotations
@@ -218,28 +219,70 @@ def register(space, observations: list[Observation], loss_fn: Callable,
     if not observations:
         raise RegistrationError("no observation given")
     problem = Problem.create(space, observations, loss_fn, render_fn, device)
-    if start_code is None and config.start == "search":
-        return _register_with_code_search(problem, config, device, callback)
-    return _descend(problem, config, device, callback, start_code)
+    search = start_code is None and config.start == "search"
+    if start_code is not None:
+        z0, start = np.asarray(start_code, np.float64), "given code"
+    elif config.start == "mean":
+        z0, start = np.zeros(space.latent_dim), "mean"
+    else:
+        z0, start = np.asarray(space.canonical_code, np.float64), "canonical"
+    t0 = time.perf_counter()
+    u0 = torch.as_tensor(z0, dtype=torch.float64, device=device) / problem.std
+    delta0 = _initial_increment(problem, u0 * problem.std, config, device)
+    first = _descend(problem, config, device, callback, u0, delta0, start,
+                     time.perf_counter() - t0)
+    if not search:
+        return first
+    t0 = time.perf_counter()
+    moved = problem.at_poses(first.poses)
+    best = _code_search(moved, config, device)
+    search_s = time.perf_counter() - t0
+    # The second descent starts at the first one's poses: in joint mode they are already
+    # aligned, so neither the silhouette centring nor the rotation grid runs again.
+    second = _descend(moved, config, device, callback,
+                      torch.as_tensor(best, dtype=torch.float64, device=device) / problem.std,
+                      torch.zeros(6, dtype=torch.float64, device=device), "best training code")
+    return _keep_better(first, second, search_s)
+
+
+def _axis_mask(config: RegisterConfig, device: torch.device) -> torch.Tensor:
+    """Return (6,) float64: 1 for the pose parameters in `config.pose_axes`, else 0."""
+    return torch.tensor([float(a in config.pose_axes) for a in POSE_AXES],
+                        dtype=torch.float64, device=device)
+
+
+def _initial_increment(problem: Problem, code: torch.Tensor, config: RegisterConfig,
+                       device: torch.device) -> torch.Tensor:
+    """Return the pose increment (6,) a joint descent starts from: the silhouette centring
+    (`config.centre_start`) then the rotation grid (`config.pose_search_deg`); zero in
+    known-pose mode."""
+    delta = torch.zeros(6, dtype=torch.float64, device=device)
+    axis_mask = _axis_mask(config, device)
+    with torch.no_grad():
+        if config.joint and config.centre_start:
+            delta[3:5] = torch.as_tensor(_centre_shift(problem, code),
+                                         dtype=delta.dtype, device=device) * axis_mask[3:5]
+        if config.joint and config.pose_search_deg > 0:
+            delta.copy_(_rotation_search(problem, code, delta, axis_mask,
+                                         config.pose_search_deg))
+    return delta
 
 
 def _descend(problem: Problem, config: RegisterConfig, device: torch.device,
-             callback: Callable[[IterationRecord], None] | None,
-             start_code: np.ndarray | None) -> RegistrationResult:
-    """One descent of `register` (see there), from `start_code` or `config.start`."""
+             callback: Callable[[IterationRecord], None] | None, u0: torch.Tensor,
+             delta0: torch.Tensor, start: str, seconds_before: float = 0.0
+             ) -> RegistrationResult:
+    """One gradient descent (see the module docstring) from the whitened code `u0` (k,) and the
+    pose increment `delta0` (6,) (updated in joint mode only); `start` names the start in the
+    descent's summary, `seconds_before` is added to its total time."""
     timings = {"render": 0.0, "features": 0.0, "backward": 0.0, "optimiser": 0.0, "total": 0.0}
-    t_start = time.perf_counter()
+    t_start = time.perf_counter() - seconds_before
     space, observations = problem.space, problem.observations
     std, radius = problem.std, problem.radius
-    if start_code is not None:
-        z0 = np.asarray(start_code, np.float64)
-    else:
-        z0 = space.canonical_code if config.start == "canonical" else np.zeros(space.latent_dim)
-    u = (torch.as_tensor(z0, dtype=torch.float64, device=device) / std).clone()
+    u = u0.clone()
     u.requires_grad_(True)
-    delta = torch.zeros(6, dtype=torch.float64, device=device, requires_grad=config.joint)
-    axis_mask = torch.tensor([float(a in config.pose_axes) for a in POSE_AXES],
-                             dtype=torch.float64, device=device)
+    delta = delta0.clone().requires_grad_(config.joint)
+    axis_mask = _axis_mask(config, device)
     poses = [o.pose for o in observations]
 
     shape_opt = torch.optim.SGD([u], lr=config.learning_rate, momentum=config.momentum)
@@ -252,7 +295,7 @@ def _descend(problem: Problem, config: RegisterConfig, device: torch.device,
 
     history: list[IterationRecord] = []
     frames: list[np.ndarray] = []
-    best = {"loss": float("inf"), "u": u.detach().clone(), "delta": delta.detach().clone(),
+    best = {"loss": float("inf"), "u": u.detach().clone(), "delta": torch.zeros_like(delta0),
             "iteration": -1}
     initial_loss = float("nan")
     stop_reason = "iterations"
@@ -264,14 +307,6 @@ def _descend(problem: Problem, config: RegisterConfig, device: torch.device,
     # rasterised image is rugged).
     grad_scale: dict[str, float | None] = {"shape": None, "pose": None}
 
-    if config.joint and config.centre_start:
-        with torch.no_grad():
-            delta[3:5] = torch.as_tensor(_centre_shift(problem, u * std),
-                                         dtype=delta.dtype, device=device) * axis_mask[3:5]
-    if config.joint and config.pose_search_deg > 0:
-        with torch.no_grad():
-            delta.copy_(_rotation_search(problem, u * std, delta, axis_mask,
-                                         config.pose_search_deg))
     warmup = config.pose_warmup if config.joint else 0
     for it in range(warmup + config.iterations + 1):
         t_it = time.perf_counter()
@@ -347,7 +382,7 @@ def _descend(problem: Problem, config: RegisterConfig, device: torch.device,
         final_poses = apply_increment(poses, best["delta"].cpu().numpy(), radius)
         finals = list(zip(final.images, final.masks))
     timings["total"] = time.perf_counter() - t_start
-    summary = {"start": "given code" if start_code is not None else config.start,
+    summary = {"start": start,
                "losses": [h.loss for h in history], "best_iteration": int(best["iteration"]),
                "best_loss": float(best["loss"]), "pose_warmup": warmup,
                "stop_reason": stop_reason}
@@ -360,30 +395,26 @@ def _descend(problem: Problem, config: RegisterConfig, device: torch.device,
         final_masks=[m.detach().cpu().numpy().astype(bool) for _, m in finals])
 
 
-def _register_with_code_search(problem: Problem, config: RegisterConfig, device: torch.device,
-                               callback) -> RegistrationResult:
-    """`register` with `config.start == "search"` (see there)."""
-    space = problem.space
-    first = _descend(problem, config, device, callback, start_code=space.canonical_code)
-    t0 = time.perf_counter()
-    std = problem.std
-    moved = problem.at_poses(first.poses)
+def _code_search(problem: Problem, config: RegisterConfig, device: torch.device) -> np.ndarray:
+    """Return the latent code (k,) with the lowest loss, at the observations' poses, among the
+    mean shape and the training instances' codes (clamped to +/-`config.latent_bound` standard
+    deviations; one render each, no gradients)."""
+    space, std = problem.space, problem.std
     zero = torch.zeros(6, dtype=torch.float64, device=device)
     candidates = [np.zeros(space.latent_dim), *np.asarray(space.train_codes)]
     whitened = [(torch.as_tensor(z, dtype=torch.float64, device=device) / std).clamp(
         -config.latent_bound, config.latent_bound) for z in candidates]
     with torch.no_grad():
-        losses = [float(forward(moved, u * std, zero).loss) for u in whitened]
-    best = (whitened[int(np.argmin(losses))] * std).cpu().numpy()
-    search_s = time.perf_counter() - t0
-    # The second descent starts at the first one's poses: in joint mode they are already
-    # aligned, so neither the silhouette centring nor the rotation grid runs again.
-    second = _descend(moved, replace(config, centre_start=False, pose_search_deg=0.0), device,
-                      callback, start_code=best)
+        losses = [float(forward(problem, u * std, zero).loss) for u in whitened]
+    return (whitened[int(np.argmin(losses))] * std).cpu().numpy()
+
+
+def _keep_better(first: RegistrationResult, second: RegistrationResult,
+                 search_s: float) -> RegistrationResult:
+    """Return the descent with the lower best loss, with the first one's initial loss, both
+    descents' summaries and the summed timings (plus the code search's `search_s`)."""
     result = first if first.best_loss <= second.best_loss else second
     result.initial_loss = first.initial_loss
-    first.descents[0]["start"] = "canonical"
-    second.descents[0]["start"] = "best training code"
     result.descents = [{**d, "kept": r is result}
                        for r in (first, second) for d in r.descents]
     result.timings = {k: first.timings[k] + second.timings[k] for k in first.timings}
