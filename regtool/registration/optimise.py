@@ -8,27 +8,33 @@ Parameters, all explicit:
   pose learning rate is in "object sizes"), an increment applied in the first view's camera
   frame about the object origin: X' = T0^-1(Exp(r) R0 X + t0 + t * radius); view i sees T_i X'.
 
-Forward: ShapeSpace.deform(z) -> pose -> diff_render -> loss (FeatureLoss against the observed
-image, restricted to the dilated object region). The loss has no natural scale, so each
-parameter group's gradients are multiplied by the inverse norm of its first gradient, or by
-their own inverse norm where that is smaller: a learning rate is then the length of the first
-step and a bound on every later gradient step (in standard deviations for the shape, radians /
-object radii for the pose). SGD with momentum and exponential LR decay; in joint mode the
-x/y translation first moves the bounding box of the rendered silhouette onto that of the
-object region (`centre_start`), the rotation starts from the best of a coarse grid of
-+/-`pose_search_deg` about each allowed axis, then `pose_warmup` pose-only iterations align
-the canonical (a shape optimised against a misaligned pose absorbs the misalignment) and the
-shape updates start from the best pose of the warm-up; after it the pose is updated once every
-`pose_every` shape updates; the whitened code stays within +/-`latent_bound` standard
-deviations. Stop at `iterations`, on a plateau, or on divergence (NaN or loss > 10x the
-first), keeping the best state seen.
+Forward (`forward`, the one forward pass of every stage): ShapeSpace.deform(z) -> pose ->
+render_fn (e.g. `diff_render_supersampled`) -> loss (FeatureLoss against the observed image,
+restricted to the dilated object region), for a `Problem` (shape space, observations, loss,
+renderer, scales). Stages, each calling `forward`: `_centre_shift` (silhouette centring),
+`_rotation_search` (rotation grid; both in `_initial_increment`), `_descend` (one gradient
+descent), `_code_search`; `register` is the driver that composes them.
+
+The loss has no natural scale, so each parameter group's gradients are multiplied by the inverse
+norm of its first gradient, or by their own inverse norm where that is smaller: a learning rate
+is then the length of the first step and a bound on every later gradient step (in standard
+deviations for the shape, radians / object radii for the pose). SGD with momentum and
+exponential LR decay; in joint mode the x/y translation first moves the bounding box of the
+rendered silhouette onto that of the object region (`centre_start`), the rotation starts from
+the best of a coarse grid of +/-`pose_search_deg` about each allowed axis, then `pose_warmup`
+pose-only iterations align the canonical (a shape optimised against a misaligned pose absorbs
+the misalignment) and the shape updates start from the best pose of the warm-up; after it the
+pose is updated once every `pose_every` shape updates; the whitened code stays within
++/-`latent_bound` standard deviations. Stop at `iterations`, on a plateau, or on divergence (NaN
+or loss > 10x the first), keeping the best state seen.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from typing import Any
 
 import numpy as np
 import torch
@@ -125,7 +131,73 @@ def apply_increment(poses: list[Pose], delta: np.ndarray, radius: float) -> list
     return out
 
 
-def register(space, faces: np.ndarray, observations: list[Observation], loss_fn: Callable,
+@dataclass(frozen=True)
+class Problem:
+    """What every stage renders and compares: the shape space, the observations, the loss
+    `loss_fn(rendered (1, 3, H, W), view_index) -> scalar tensor`, the differentiable renderer
+    `render_fn(vertices_cam (V, 3) float32, camera) -> (image (C, H, W), mask (H, W))`, and the
+    scales of `_scales` (std (k,), unit: shape-space units -> metres, radius in metres)."""
+
+    space: Any
+    observations: list[Observation]
+    loss_fn: Callable
+    render_fn: Callable
+    std: torch.Tensor
+    unit: float
+    radius: float
+
+    @classmethod
+    def create(cls, space, observations: list[Observation], loss_fn: Callable,
+               render_fn: Callable, device: torch.device) -> "Problem":
+        return cls(space, list(observations), loss_fn, render_fn, *_scales(space, device))
+
+    def at_poses(self, poses: list[Pose]) -> "Problem":
+        """Return the problem with the observations' initial poses replaced by `poses`."""
+        return replace(self, observations=[replace(o, pose=p)
+                                           for o, p in zip(self.observations, poses)])
+
+
+@dataclass
+class Rendering:
+    """One forward pass: the deformed vertices (M, 3) (object frame, shape-space units), per
+    view the rendered image (C, H, W) and mask (H, W), and the summed loss over the views
+    (float64 scalar tensor; None when not asked for)."""
+
+    vertices: torch.Tensor
+    images: list[torch.Tensor]
+    masks: list[torch.Tensor]
+    loss: torch.Tensor | None
+
+
+def forward(problem: Problem, code: torch.Tensor, delta: torch.Tensor,
+            n_views: int | None = None, with_loss: bool = True,
+            timings: dict[str, float] | None = None) -> Rendering:
+    """The forward pass of every stage: latent code z (k,) -> deformed vertices -> posed by the
+    increment `delta` (6,) (see `posed_vertices`) from the observations' poses -> rendered ->
+    loss against the observations. Gradients flow to `code` and `delta` unless called under
+    torch.no_grad(). n_views: only the first n views (default all); with_loss: False renders
+    only; timings: "render" and "features" seconds are added to it."""
+    observations = problem.observations[:n_views]
+    vertices = problem.space.deform(code)
+    cams = posed_vertices(vertices * problem.unit, [o.pose for o in observations], delta,
+                          problem.radius)
+    images, masks = [], []
+    total = torch.zeros((), dtype=torch.float64, device=code.device) if with_loss else None
+    for i, (v_cam, obs) in enumerate(zip(cams, observations)):
+        t0 = time.perf_counter()
+        image, mask = problem.render_fn(v_cam.to(torch.float32), obs.camera)
+        images.append(image)
+        masks.append(mask)
+        t1 = time.perf_counter()
+        if with_loss:
+            total = total + problem.loss_fn(image[None, :3], i).to(torch.float64)
+        if timings is not None:
+            timings["render"] += t1 - t0
+            timings["features"] += time.perf_counter() - t1
+    return Rendering(vertices, images, masks, total)
+
+
+def register(space, observations: list[Observation], loss_fn: Callable,
              render_fn: Callable, config: RegisterConfig, device: torch.device,
              callback: Callable[[IterationRecord], None] | None = None,
              start_code: np.ndarray | None = None) -> RegistrationResult:
@@ -146,21 +218,71 @@ def register(space, faces: np.ndarray, observations: list[Observation], loss_fn:
     """
     if not observations:
         raise RegistrationError("no observation given")
-    if start_code is None and config.start == "search":
-        return _register_with_code_search(space, faces, observations, loss_fn, render_fn,
-                                          config, device, callback)
-    timings = {"render": 0.0, "features": 0.0, "backward": 0.0, "optimiser": 0.0, "total": 0.0}
-    t_start = time.perf_counter()
-    std, unit, radius = _scales(space, device)
+    problem = Problem.create(space, observations, loss_fn, render_fn, device)
+    search = start_code is None and config.start == "search"
     if start_code is not None:
-        z0 = np.asarray(start_code, np.float64)
+        z0, start = np.asarray(start_code, np.float64), "given code"
+    elif config.start == "mean":
+        z0, start = np.zeros(space.latent_dim), "mean"
     else:
-        z0 = space.canonical_code if config.start == "canonical" else np.zeros(space.latent_dim)
-    u = (torch.as_tensor(z0, dtype=torch.float64, device=device) / std).clone()
+        z0, start = np.asarray(space.canonical_code, np.float64), "canonical"
+    t0 = time.perf_counter()
+    u0 = torch.as_tensor(z0, dtype=torch.float64, device=device) / problem.std
+    delta0 = _initial_increment(problem, u0 * problem.std, config, device)
+    first = _descend(problem, config, device, callback, u0, delta0, start,
+                     time.perf_counter() - t0)
+    if not search:
+        return first
+    t0 = time.perf_counter()
+    moved = problem.at_poses(first.poses)
+    best = _code_search(moved, config, device)
+    search_s = time.perf_counter() - t0
+    # The second descent starts at the first one's poses: in joint mode they are already
+    # aligned, so neither the silhouette centring nor the rotation grid runs again.
+    second = _descend(moved, config, device, callback,
+                      torch.as_tensor(best, dtype=torch.float64, device=device) / problem.std,
+                      torch.zeros(6, dtype=torch.float64, device=device), "best training code")
+    return _keep_better(first, second, search_s)
+
+
+def _axis_mask(config: RegisterConfig, device: torch.device) -> torch.Tensor:
+    """Return (6,) float64: 1 for the pose parameters in `config.pose_axes`, else 0."""
+    return torch.tensor([float(a in config.pose_axes) for a in POSE_AXES],
+                        dtype=torch.float64, device=device)
+
+
+def _initial_increment(problem: Problem, code: torch.Tensor, config: RegisterConfig,
+                       device: torch.device) -> torch.Tensor:
+    """Return the pose increment (6,) a joint descent starts from: the silhouette centring
+    (`config.centre_start`) then the rotation grid (`config.pose_search_deg`); zero in
+    known-pose mode."""
+    delta = torch.zeros(6, dtype=torch.float64, device=device)
+    axis_mask = _axis_mask(config, device)
+    with torch.no_grad():
+        if config.joint and config.centre_start:
+            delta[3:5] = torch.as_tensor(_centre_shift(problem, code),
+                                         dtype=delta.dtype, device=device) * axis_mask[3:5]
+        if config.joint and config.pose_search_deg > 0:
+            delta.copy_(_rotation_search(problem, code, delta, axis_mask,
+                                         config.pose_search_deg))
+    return delta
+
+
+def _descend(problem: Problem, config: RegisterConfig, device: torch.device,
+             callback: Callable[[IterationRecord], None] | None, u0: torch.Tensor,
+             delta0: torch.Tensor, start: str, seconds_before: float = 0.0
+             ) -> RegistrationResult:
+    """One gradient descent (see the module docstring) from the whitened code `u0` (k,) and the
+    pose increment `delta0` (6,) (updated in joint mode only); `start` names the start in the
+    descent's summary, `seconds_before` is added to its total time."""
+    timings = {"render": 0.0, "features": 0.0, "backward": 0.0, "optimiser": 0.0, "total": 0.0}
+    t_start = time.perf_counter() - seconds_before
+    space, observations = problem.space, problem.observations
+    std, radius = problem.std, problem.radius
+    u = u0.clone()
     u.requires_grad_(True)
-    delta = torch.zeros(6, dtype=torch.float64, device=device, requires_grad=config.joint)
-    axis_mask = torch.tensor([float(a in config.pose_axes) for a in POSE_AXES],
-                             dtype=torch.float64, device=device)
+    delta = delta0.clone().requires_grad_(config.joint)
+    axis_mask = _axis_mask(config, device)
     poses = [o.pose for o in observations]
 
     shape_opt = torch.optim.SGD([u], lr=config.learning_rate, momentum=config.momentum)
@@ -173,7 +295,7 @@ def register(space, faces: np.ndarray, observations: list[Observation], loss_fn:
 
     history: list[IterationRecord] = []
     frames: list[np.ndarray] = []
-    best = {"loss": float("inf"), "u": u.detach().clone(), "delta": delta.detach().clone(),
+    best = {"loss": float("inf"), "u": u.detach().clone(), "delta": torch.zeros_like(delta0),
             "iteration": -1}
     initial_loss = float("nan")
     stop_reason = "iterations"
@@ -185,16 +307,6 @@ def register(space, faces: np.ndarray, observations: list[Observation], loss_fn:
     # rasterised image is rugged).
     grad_scale: dict[str, float | None] = {"shape": None, "pose": None}
 
-    if config.joint and config.centre_start:
-        with torch.no_grad():
-            delta[3:5] = torch.as_tensor(
-                _centre_shift(space.deform(u * std) * unit, poses, observations[0], render_fn,
-                              radius), dtype=delta.dtype, device=device) * axis_mask[3:5]
-    if config.joint and config.pose_search_deg > 0:
-        with torch.no_grad():
-            delta.copy_(_rotation_search(space.deform(u * std) * unit, poses, observations,
-                                         loss_fn, render_fn, delta, radius, axis_mask,
-                                         config.pose_search_deg))
     warmup = config.pose_warmup if config.joint else 0
     for it in range(warmup + config.iterations + 1):
         t_it = time.perf_counter()
@@ -210,21 +322,12 @@ def register(space, faces: np.ndarray, observations: list[Observation], loss_fn:
         shape_opt.zero_grad(set_to_none=True)
         if pose_opt is not None:
             pose_opt.zero_grad(set_to_none=True)
-        vertices = space.deform(u * std)
-        cams = posed_vertices(vertices * unit, poses, delta, radius)
-        total = torch.zeros((), dtype=torch.float64, device=device)
-        for i, (v_cam, obs) in enumerate(zip(cams, observations)):
-            t0 = time.perf_counter()
-            image, mask = render_fn(v_cam.to(torch.float32), obs.camera)
-            timings["render"] += time.perf_counter() - t0
-            t0 = time.perf_counter()
-            total = total + loss_fn(image[None, :3], i).to(torch.float64)
-            timings["features"] += time.perf_counter() - t0
-            if i == 0 and config.gif:
-                shown = (image, mask)
+        rendering = forward(problem, u * std, delta, timings=timings)
+        total = rendering.loss
         loss = float(total.detach())
         if config.gif:
-            frames.append(_frame(*shown, observations[0], it, loss, pose_step))
+            frames.append(_frame(rendering.images[0], rendering.masks[0], observations[0], it,
+                                 loss, pose_step))
         if it == 0:
             initial_loss = loss
         if not np.isfinite(loss) or (np.isfinite(initial_loss) and initial_loss > 0
@@ -274,12 +377,12 @@ def register(space, faces: np.ndarray, observations: list[Observation], loss_fn:
 
     with torch.no_grad():
         z = (best["u"] * std).cpu().numpy()
-        vertices = space.deform(best["u"] * std)
+        final = forward(problem, best["u"] * std, best["delta"], with_loss=False)
+        vertices = final.vertices
         final_poses = apply_increment(poses, best["delta"].cpu().numpy(), radius)
-        cams = posed_vertices(vertices * unit, poses, best["delta"], radius)
-        finals = [render_fn(v.to(torch.float32), o.camera) for v, o in zip(cams, observations)]
+        finals = list(zip(final.images, final.masks))
     timings["total"] = time.perf_counter() - t_start
-    summary = {"start": "given code" if start_code is not None else config.start,
+    summary = {"start": start,
                "losses": [h.loss for h in history], "best_iteration": int(best["iteration"]),
                "best_loss": float(best["loss"]), "pose_warmup": warmup,
                "stop_reason": stop_reason}
@@ -292,36 +395,26 @@ def register(space, faces: np.ndarray, observations: list[Observation], loss_fn:
         final_masks=[m.detach().cpu().numpy().astype(bool) for _, m in finals])
 
 
-def _register_with_code_search(space, faces, observations, loss_fn, render_fn,
-                               config: RegisterConfig, device: torch.device,
-                               callback) -> RegistrationResult:
-    """`register` with `config.start == "search"` (see there)."""
-    from dataclasses import replace
-
-    first = register(space, faces, observations, loss_fn, render_fn, config, device, callback,
-                     start_code=space.canonical_code)
-    t0 = time.perf_counter()
-    std, unit, radius = _scales(space, device)
+def _code_search(problem: Problem, config: RegisterConfig, device: torch.device) -> np.ndarray:
+    """Return the latent code (k,) with the lowest loss, at the observations' poses, among the
+    mean shape and the training instances' codes (clamped to +/-`config.latent_bound` standard
+    deviations; one render each, no gradients)."""
+    space, std = problem.space, problem.std
     zero = torch.zeros(6, dtype=torch.float64, device=device)
     candidates = [np.zeros(space.latent_dim), *np.asarray(space.train_codes)]
     whitened = [(torch.as_tensor(z, dtype=torch.float64, device=device) / std).clamp(
         -config.latent_bound, config.latent_bound) for z in candidates]
     with torch.no_grad():
-        losses = [_views_loss(posed_vertices(space.deform(u * std) * unit, first.poses, zero,
-                                             radius), observations, loss_fn, render_fn)
-                  for u in whitened]
-    best = (whitened[int(np.argmin(losses))] * std).cpu().numpy()
-    search_s = time.perf_counter() - t0
-    # The second descent starts at the first one's poses: in joint mode they are already
-    # aligned, so neither the silhouette centring nor the rotation grid runs again.
-    moved = [replace(o, pose=p) for o, p in zip(observations, first.poses)]
-    second = register(space, faces, moved, loss_fn, render_fn,
-                      replace(config, centre_start=False, pose_search_deg=0.0), device,
-                      callback, start_code=best)
+        losses = [float(forward(problem, u * std, zero).loss) for u in whitened]
+    return (whitened[int(np.argmin(losses))] * std).cpu().numpy()
+
+
+def _keep_better(first: RegistrationResult, second: RegistrationResult,
+                 search_s: float) -> RegistrationResult:
+    """Return the descent with the lower best loss, with the first one's initial loss, both
+    descents' summaries and the summed timings (plus the code search's `search_s`)."""
     result = first if first.best_loss <= second.best_loss else second
     result.initial_loss = first.initial_loss
-    first.descents[0]["start"] = "canonical"
-    second.descents[0]["start"] = "best training code"
     result.descents = [{**d, "kept": r is result}
                        for r in (first, second) for d in r.descents]
     result.timings = {k: first.timings[k] + second.timings[k] for k in first.timings}
@@ -344,23 +437,12 @@ def _scales(space, device: torch.device) -> tuple[torch.Tensor, float, float]:
     return std, unit, radius
 
 
-def _views_loss(cams: list[torch.Tensor], observations: list[Observation], loss_fn: Callable,
-                render_fn: Callable) -> float:
-    """Return the summed loss (no gradients kept) of the renderings of the camera-frame
-    vertices `cams` (one (V, 3) per view) against the observations."""
-    loss = 0.0
-    for i, (v_cam, obs) in enumerate(zip(cams, observations)):
-        image, _ = render_fn(v_cam.to(torch.float32), obs.camera)
-        loss += float(loss_fn(image[None, :3], i))
-    return loss
-
-
-def _rotation_search(vertices: torch.Tensor, poses: list[Pose], observations: list[Observation],
-                     loss_fn: Callable, render_fn: Callable, delta: torch.Tensor, radius: float,
+def _rotation_search(problem: Problem, code: torch.Tensor, delta: torch.Tensor,
                      axis_mask: torch.Tensor, degrees: float) -> torch.Tensor:
     """Return the pose increment (6,) with the lowest loss among `delta` and its rotations by
-    -`degrees`, 0, +`degrees` about every allowed rotation axis (3^k candidates, no gradients):
-    gradient steps recover a misalignment of a few degrees, not of 10-15."""
+    -`degrees`, 0, +`degrees` about every allowed rotation axis (3^k candidates, no gradients)
+    for the latent code `code` (k,): gradient steps recover a misalignment of a few degrees,
+    not of 10-15."""
     steps = [(-1.0, 0.0, 1.0) if float(axis_mask[i]) else (0.0,) for i in range(3)]
     rad = np.radians(degrees)
     best, best_loss = delta.clone(), float("inf")
@@ -370,25 +452,23 @@ def _rotation_search(vertices: torch.Tensor, poses: list[Pose], observations: li
                 cand = delta.clone()
                 cand[:3] += torch.as_tensor([a * rad, b * rad, c * rad], dtype=delta.dtype,
                                             device=delta.device)
-                loss = _views_loss(posed_vertices(vertices, poses, cand, radius),
-                                   observations, loss_fn, render_fn)
+                loss = float(forward(problem, code, cand).loss)
                 if loss < best_loss:
                     best, best_loss = cand, loss
     return best
 
 
-def _centre_shift(vertices: torch.Tensor, poses: list[Pose], observation: Observation,
-                  render_fn: Callable, radius: float) -> np.ndarray:
+def _centre_shift(problem: Problem, code: torch.Tensor) -> np.ndarray:
     """Return the x/y translation increment (2,) in object radii that moves the bounding-box
     centre of the rendering's silhouette (first view, initial pose) onto that of the
     observation's object region (zero without a region or an empty silhouette). Bounding-box
     centres, not centroids: the region is a dilated segmentation, and a square dilation moves
     the box's sides symmetrically."""
+    observation = problem.observations[0]
     if observation.region is None or not observation.region.any():
         return np.zeros(2)
-    zero = torch.zeros(6, dtype=vertices.dtype, device=vertices.device)
-    cam = posed_vertices(vertices, poses[:1], zero, radius)[0]
-    _, mask = render_fn(cam.to(torch.float32), observation.camera)
+    zero = torch.zeros(6, dtype=torch.float64, device=code.device)
+    mask = forward(problem, code, zero, n_views=1, with_loss=False).masks[0]
     mask = mask.detach().cpu().numpy().astype(bool)
     if not mask.any():
         return np.zeros(2)
@@ -398,9 +478,9 @@ def _centre_shift(vertices: torch.Tensor, poses: list[Pose], observation: Observ
         return np.array([(cols[0] + cols[-1]) / 2.0, (rows[0] + rows[-1]) / 2.0])
 
     du, dv = centre(observation.region) - centre(mask)
-    depth = float(poses[0].translation[2])
+    depth = float(observation.pose.translation[2])
     cam_k = observation.camera
-    return np.array([du * depth / cam_k.fx, dv * depth / cam_k.fy]) / radius
+    return np.array([du * depth / cam_k.fx, dv * depth / cam_k.fy]) / problem.radius
 
 
 def _inverse_norm(grad: torch.Tensor) -> float:

@@ -76,7 +76,7 @@ def run_registration(space, unet, observations: list[Observation], config: Confi
     from regtool.features.compare import FeatureLoss
     from regtool.registration.inputs import check_pose_in_view
     from regtool.render.context import check_render_size
-    from regtool.render.diff import DiffRenderSettings, diff_render
+    from regtool.render.diff import DiffRenderSettings, diff_render_supersampled
 
     reg = config.register if joint is None else replace(config.register, joint=joint)
     loss = FeatureLoss(unet, reg.loss)
@@ -93,22 +93,12 @@ def run_registration(space, unet, observations: list[Observation], config: Confi
     def loss_fn(rendered: torch.Tensor, i: int) -> torch.Tensor:
         return loss(rendered, observed[i], regions[i])
 
-    ss = reg.supersample
-
     def render_fn(vertices_cam: torch.Tensor, camera: CameraIntrinsics):
-        if ss <= 1:
-            return diff_render(vertices_cam, faces, camera, settings)
-        # Anti-aliasing: render at ss x the size and average ss x ss blocks. The observation is
-        # anti-aliased too, and a hard-rasterised silhouette makes the loss jump as single
-        # pixels flip (at 160x120 the shapes differ by 1-3 pixels).
-        image, mask = diff_render(vertices_cam, faces,
-                                  camera.scaled(camera.width * ss, camera.height * ss), settings)
-        image = torch.nn.functional.avg_pool2d(image[None], ss)[0]
-        mask = torch.nn.functional.avg_pool2d(mask[None, None].float(), ss)[0, 0] >= 0.5
-        return image, mask
+        # Anti-aliased: the observation is anti-aliased too, and a hard-rasterised silhouette
+        # makes the loss jump as single pixels flip (at 160x120 the shapes differ by 1-3 pixels).
+        return diff_render_supersampled(vertices_cam, faces, camera, settings, reg.supersample)
 
-    return register(space, space.faces, observations, loss_fn, render_fn, reg, device,
-                    callback=callback)
+    return register(space, observations, loss_fn, render_fn, reg, device, callback=callback)
 
 
 _STOP_REASONS = {"iterations": "at the iteration limit", "plateau": "on a plateau",

@@ -18,8 +18,15 @@ pixel p:
    of the pinhole projection at the surface point X_p        (`field_to_vertex_gradients`).
    Pixels just outside the silhouette take the surface point of their nearest covered pixel
    (dilated mask), so silhouettes move; pixels next to a closer, different surface (occlusion
-   edges) get no gradient. Any other producer of a per-pixel 2D field (e.g. a learned
-   correspondence field) can call `field_to_vertex_gradients` directly.
+   edges) get no gradient.
+   The two halves are separate: a *field producer* ((dL/dI, I, `FieldContext`) -> F, chosen
+   per call by `DiffRenderSettings.field_producer`; `image_gradient_producer` by default, a
+   learned correspondence field can take its place) and the *propagation* F -> dL/dV
+   (`field_to_vertex_gradients`, the same for every producer; it can also be called directly).
+
+Image types: each has its own forward shading (`_shade_rgb`, `_shade_normals`, `_shade_mask`)
+and backward dL/dn (`_rgb_rows`, `_normals_rows`; masks have no attribute term), listed in
+`_IMAGE_TYPE_SHADERS`.
 
 Shapes: V vertices, F faces, B views, C channels (3 for rgb/normals, 1 for mask), H x W pixels;
 images are channels-first, rows top to bottom, float in [0, 1].
@@ -29,6 +36,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -40,6 +48,68 @@ from regtool.geometry.camera import CameraIntrinsics
 from regtool.render.gbuffer import GBuffer, pixel_rays, rasterize
 
 IMAGE_TYPES = ("rgb", "normals", "mask")
+
+
+@dataclass(frozen=True)
+class FieldContext:
+    """What a field producer gets besides dL/dI and I, for one view b of a `diff_render` call:
+    the view's G-buffer and camera, its camera-frame vertices (V, 3) (OpenCV, metres; detached,
+    as rasterised), the faces (F, 3) int64, the settings, the view index, and `region` = (rows,
+    cols): the bounding box of the covered pixels grown by `dilation` + 2 pixels. The
+    propagation reads nothing outside `region` (no pixel there is covered or within the
+    silhouette band), so a producer may leave the field zero there."""
+
+    gbuffer: GBuffer
+    camera: CameraIntrinsics
+    vertices: torch.Tensor
+    faces: torch.Tensor
+    settings: "DiffRenderSettings"
+    region: tuple[slice, slice]
+    view: int
+
+
+# A field producer: (grad_image (C, H, W) = dL/dI, image (C, H, W) = I, context) -> the field
+# F (H, W, 2) = dL/d(u, v) per pixel (loss units per pixel, u right, v down) that
+# `field_to_vertex_gradients` takes to the vertices; `image_gradient_producer` is the default.
+FieldProducer = Callable[[torch.Tensor, torch.Tensor, FieldContext], torch.Tensor]
+
+
+def image_gradient_field(grad_image: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
+    """Return F (..., H, W, 2) = dL/d(u, v): the loss gradient with respect to a motion of the
+    surface point seen at each pixel, in loss units per pixel, (u right, v down).
+
+    grad_image, image: (..., C, H, W) dL/dI and the rendered image I. Moving the surface by
+    delta pixels shifts the image content with it, I_p -> I_p - grad I_p . delta, hence
+    F_p = -sum_c dL/dI_{c,p} * (dI_c/du, dI_c/dv)_p, with the image derivatives from 3x3 Sobel
+    filters normalised to units per pixel (edge-replicated borders).
+    """
+    if grad_image.shape != image.shape or image.dim() < 3:
+        raise RenderError(f"grad_image and image must both be (..., C, H, W), "
+                          f"got {tuple(grad_image.shape)} and {tuple(image.shape)}")
+    lead, (c, h, w) = image.shape[:-3], image.shape[-3:]
+    x = image.reshape(-1, h, w).to(grad_image.dtype)
+    p = TF.pad(x[:, None], (1, 1, 1, 1), mode="replicate")[:, 0]  # (N*C, H+2, W+2)
+    # Separable Sobel: central difference along one axis, (1, 2, 1) / 4 smoothing along the
+    # other; = the 3x3 kernels [[-1, 0, 1], [-2, 0, 2], [-1, 0, 1]] / 8 and their transpose.
+    du = p[:, :, 2:] - p[:, :, :-2]  # (N*C, H+2, W)
+    du = torch.add(du[:, :-2], du[:, 2:]).add_(du[:, 1:-1], alpha=2.0)
+    dv = p[:, 2:, :] - p[:, :-2, :]  # (N*C, H, W+2)
+    dv = torch.add(dv[:, :, :-2], dv[:, :, 2:]).add_(dv[:, :, 1:-1], alpha=2.0)
+    g = grad_image.reshape(-1, h, w) * -0.125  # the Sobel normalisation and the sign
+    field = torch.stack([du.mul_(g).reshape(-1, c, h, w).sum(1),
+                         dv.mul_(g).reshape(-1, c, h, w).sum(1)], dim=-1)  # (N, H, W, 2)
+    return field.reshape(*lead, h, w, 2)
+
+
+def image_gradient_producer(grad_image: torch.Tensor, image: torch.Tensor,
+                            context: FieldContext) -> torch.Tensor:
+    """The default field producer (StilllebenDR): return F (H, W, 2) float32, zero outside
+    `context.region` and `image_gradient_field(grad_image, image)` of the crop inside it."""
+    rows, cols = context.region
+    field = torch.zeros(context.gbuffer.height, context.gbuffer.width, 2, dtype=torch.float32,
+                        device=image.device)
+    field[rows, cols] = image_gradient_field(grad_image[:, rows, cols], image[:, rows, cols])
+    return field
 
 
 @dataclass(frozen=True)
@@ -57,6 +127,9 @@ class DiffRenderSettings:
     * occlusion_tolerance: relative depth step (fraction of the pixel's depth) above which a
       neighbouring pixel counts as a closer, different surface (no gradient at that pixel).
     * znear, zfar: clipping distances, metres.
+    * field_producer: the per-pixel 2D field of the backward's screen-space term (see
+      `FieldProducer`; default `image_gradient_producer`, e.g. a learned correspondence field
+      instead); the propagation to the vertices is the same for every producer.
     """
 
     image_type: str = "rgb"
@@ -69,6 +142,7 @@ class DiffRenderSettings:
     occlusion_tolerance: float = 0.01
     znear: float = 0.01
     zfar: float = 100.0
+    field_producer: FieldProducer = image_gradient_producer
 
     def __post_init__(self):
         if self.image_type not in IMAGE_TYPES:
@@ -85,6 +159,8 @@ class DiffRenderSettings:
                               f"got {self.occlusion_tolerance}")
         if not 0.0 < self.znear < self.zfar:
             raise RenderError(f"need 0 < znear < zfar, got {self.znear}, {self.zfar}")
+        if not callable(self.field_producer):
+            raise RenderError(f"field_producer must be callable, got {self.field_producer!r}")
 
     @property
     def channels(self) -> int:
@@ -171,15 +247,14 @@ class _Shading:
     unclamped: torch.Tensor | None
 
 
-def _shade(gbuffer: GBuffer, normals: torch.Tensor | None, faces: torch.Tensor,
-           settings: DiffRenderSettings, dtype: torch.dtype,
-           device: torch.device) -> tuple[torch.Tensor, _Shading | None]:
-    """Return the (C, H, W) image of `settings.image_type` and the shading cache (None for
-    masks). normals: (V, 3) unit vertex normals (not needed for masks)."""
-    h, w = gbuffer.height, gbuffer.width
+def _surface_normals(gbuffer: GBuffer, normals: torch.Tensor, faces: torch.Tensor,
+                     dtype: torch.dtype, device: torch.device
+                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
+                                torch.Tensor]:
+    """Return, per covered pixel (M of them): flat pixel indices (M,), face corners (3, M),
+    barycentrics (M, 3), the interpolated unit normal turned to face the camera n_hat (M, 3)
+    and sign / |n| (M, 1), n the interpolated (unnormalised) normal."""
     mask = gbuffer.mask.to(device)
-    if settings.image_type == "mask":
-        return mask.to(dtype)[None], None
     idx = mask.reshape(-1).nonzero().squeeze(1)
     face = gbuffer.face_id.to(device).reshape(-1).index_select(0, idx) - 1
     bary = gbuffer.bary.reshape(-1, 3).to(device).index_select(0, idx).to(dtype)
@@ -193,23 +268,79 @@ def _shade(gbuffer: GBuffer, normals: torch.Tensor | None, faces: torch.Tensor,
     sign = torch.where((n * point).sum(-1, keepdim=True) > 0, -1.0, 1.0).to(dtype)
     n_hat = n * (sign * inv_len)
     scale = sign * inv_len
-    if settings.image_type == "rgb":
-        light = -torch.tensor(settings.light_direction, dtype=dtype, device=device)
-        light = light / light.norm()
-        cos = (n_hat @ light)[:, None]
-        albedo = torch.tensor(settings.albedo, dtype=dtype, device=device)
-        raw = albedo * (settings.ambient + settings.diffuse * cos.clamp_min(0.0))
-        k = (light - cos * n_hat) * (scale * settings.diffuse * (cos > 0).to(dtype))
-    else:
-        raw = 0.5 * (n_hat + 1.0)
-        eye = torch.eye(3, dtype=dtype, device=device)
-        k = 0.5 * (eye - n_hat[:, :, None] * n_hat[:, None, :]) * scale[..., None]
+    return idx, corners, bary, n_hat, scale
+
+
+def _colour_image(gbuffer: GBuffer, surface: tuple, raw: torch.Tensor, k: torch.Tensor,
+                  settings: DiffRenderSettings) -> tuple[torch.Tensor, _Shading]:
+    """Return the (3, H, W) image with the colours `raw` (M, 3) (clamped to [0, 1]) on the
+    covered pixels of `surface` (`_surface_normals`) and the background elsewhere, and its
+    shading cache (dcolor/dn factor `k`)."""
+    h, w = gbuffer.height, gbuffer.width
+    idx, corners, bary = surface[:3]
     color = raw.clamp(0.0, 1.0)
-    background = torch.tensor(settings.background, dtype=dtype, device=device)
+    background = torch.tensor(settings.background, dtype=raw.dtype, device=raw.device)
     flat = background.expand(h * w, 3).contiguous().index_copy_(0, idx, color)
     unclamped = (raw > 0) & (raw < 1)
     cache = _Shading(idx, corners, bary, k, None if bool(unclamped.all()) else unclamped)
     return flat.reshape(h, w, 3).permute(2, 0, 1), cache
+
+
+def _shade_mask(gbuffer: GBuffer, normals: torch.Tensor | None, faces: torch.Tensor,
+                settings: DiffRenderSettings, dtype: torch.dtype,
+                device: torch.device) -> tuple[torch.Tensor, None]:
+    """Return the (1, H, W) coverage image (1 on the object, 0 elsewhere) and no cache."""
+    return gbuffer.mask.to(device).to(dtype)[None], None
+
+
+def _shade_rgb(gbuffer: GBuffer, normals: torch.Tensor, faces: torch.Tensor,
+               settings: DiffRenderSettings, dtype: torch.dtype,
+               device: torch.device) -> tuple[torch.Tensor, _Shading]:
+    """Return the (3, H, W) Lambert + ambient image and its cache: colour = albedo * (ambient +
+    diffuse * max(0, n_hat . l)), dcolor_c/dn = albedo_c * k (see `_Shading`)."""
+    surface = _surface_normals(gbuffer, normals, faces, dtype, device)
+    n_hat, scale = surface[3], surface[4]
+    light = -torch.tensor(settings.light_direction, dtype=dtype, device=device)
+    light = light / light.norm()
+    cos = (n_hat @ light)[:, None]
+    albedo = torch.tensor(settings.albedo, dtype=dtype, device=device)
+    raw = albedo * (settings.ambient + settings.diffuse * cos.clamp_min(0.0))
+    k = (light - cos * n_hat) * (scale * settings.diffuse * (cos > 0).to(dtype))
+    return _colour_image(gbuffer, surface, raw, k, settings)
+
+
+def _shade_normals(gbuffer: GBuffer, normals: torch.Tensor, faces: torch.Tensor,
+                   settings: DiffRenderSettings, dtype: torch.dtype,
+                   device: torch.device) -> tuple[torch.Tensor, _Shading]:
+    """Return the (3, H, W) normal map (n_hat + 1) / 2 and its cache (k (M, 3, 3), see
+    `_Shading`)."""
+    surface = _surface_normals(gbuffer, normals, faces, dtype, device)
+    n_hat, scale = surface[3], surface[4]
+    raw = 0.5 * (n_hat + 1.0)
+    eye = torch.eye(3, dtype=dtype, device=device)
+    k = 0.5 * (eye - n_hat[:, :, None] * n_hat[:, None, :]) * scale[..., None]
+    return _colour_image(gbuffer, surface, raw, k, settings)
+
+
+def _shade(gbuffer: GBuffer, normals: torch.Tensor | None, faces: torch.Tensor,
+           settings: DiffRenderSettings, dtype: torch.dtype,
+           device: torch.device) -> tuple[torch.Tensor, _Shading | None]:
+    """Return the (C, H, W) image of `settings.image_type` and the shading cache (None for
+    masks). normals: (V, 3) unit vertex normals (not needed for masks)."""
+    return _IMAGE_TYPE_SHADERS[settings.image_type][0](gbuffer, normals, faces, settings,
+                                                       dtype, device)
+
+
+def _rgb_rows(g: torch.Tensor, cache: _Shading, settings: DiffRenderSettings) -> torch.Tensor:
+    """dL/dn (M, 3) of the rgb image from dL/dcolour (M, 3): (g . albedo) k."""
+    albedo = torch.tensor(settings.albedo, dtype=g.dtype, device=g.device)
+    return (g @ albedo)[:, None] * cache.k
+
+
+def _normals_rows(g: torch.Tensor, cache: _Shading,
+                  settings: DiffRenderSettings) -> torch.Tensor:
+    """dL/dn (M, 3) of the normal map from dL/dcolour (M, 3): sum_c g_c dcolour_c/dn."""
+    return (g[:, :, None] * cache.k).sum(1)  # k symmetric
 
 
 def _shading_rows(grad_image: torch.Tensor, cache: _Shading,
@@ -221,10 +352,12 @@ def _shading_rows(grad_image: torch.Tensor, cache: _Shading,
     g = grad_image.reshape(c, -1).index_select(1, cache.pixels).t()  # (M, C)
     if cache.unclamped is not None:
         g = g * cache.unclamped
-    if settings.image_type == "rgb":
-        albedo = torch.tensor(settings.albedo, dtype=g.dtype, device=g.device)
-        return (g @ albedo)[:, None] * cache.k
-    return (g[:, :, None] * cache.k).sum(1)  # k symmetric: sum_c g_c dcolor_c/dn
+    return _IMAGE_TYPE_SHADERS[settings.image_type][1](g, cache, settings)
+
+
+# Per image type: (forward shading, backward dL/dn rows; None: no shading term).
+_IMAGE_TYPE_SHADERS = {"rgb": (_shade_rgb, _rgb_rows), "normals": (_shade_normals, _normals_rows),
+                       "mask": (_shade_mask, None)}
 
 
 def shade(gbuffer: GBuffer, vertices: torch.Tensor, faces: torch.Tensor,
@@ -245,33 +378,6 @@ def _crop_box(mask: torch.Tensor, margin: int) -> tuple[slice, slice]:
     r0, r1 = max(int(rows[0]) - margin, 0), min(int(rows[-1]) + margin + 1, h)
     c0, c1 = max(int(cols[0]) - margin, 0), min(int(cols[-1]) + margin + 1, w)
     return slice(r0, r1), slice(c0, c1)
-
-
-def image_gradient_field(grad_image: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
-    """Return F (..., H, W, 2) = dL/d(u, v): the loss gradient with respect to a motion of the
-    surface point seen at each pixel, in loss units per pixel, (u right, v down).
-
-    grad_image, image: (..., C, H, W) dL/dI and the rendered image I. Moving the surface by
-    delta pixels shifts the image content with it, I_p -> I_p - grad I_p . delta, hence
-    F_p = -sum_c dL/dI_{c,p} * (dI_c/du, dI_c/dv)_p, with the image derivatives from 3x3 Sobel
-    filters normalised to units per pixel (edge-replicated borders).
-    """
-    if grad_image.shape != image.shape or image.dim() < 3:
-        raise RenderError(f"grad_image and image must both be (..., C, H, W), "
-                          f"got {tuple(grad_image.shape)} and {tuple(image.shape)}")
-    lead, (c, h, w) = image.shape[:-3], image.shape[-3:]
-    x = image.reshape(-1, h, w).to(grad_image.dtype)
-    p = TF.pad(x[:, None], (1, 1, 1, 1), mode="replicate")[:, 0]  # (N*C, H+2, W+2)
-    # Separable Sobel: central difference along one axis, (1, 2, 1) / 4 smoothing along the
-    # other; = the 3x3 kernels [[-1, 0, 1], [-2, 0, 2], [-1, 0, 1]] / 8 and their transpose.
-    du = p[:, :, 2:] - p[:, :, :-2]  # (N*C, H+2, W)
-    du = torch.add(du[:, :-2], du[:, 2:]).add_(du[:, 1:-1], alpha=2.0)
-    dv = p[:, 2:, :] - p[:, :-2, :]  # (N*C, H, W+2)
-    dv = torch.add(dv[:, :, :-2], dv[:, :, 2:]).add_(dv[:, :, 1:-1], alpha=2.0)
-    g = grad_image.reshape(-1, h, w) * -0.125  # the Sobel normalisation and the sign
-    field = torch.stack([du.mul_(g).reshape(-1, c, h, w).sum(1),
-                         dv.mul_(g).reshape(-1, c, h, w).sum(1)], dim=-1)  # (N, H, W, 2)
-    return field.reshape(*lead, h, w, 2)
 
 
 def _neighbour_offsets(radius: int) -> list[tuple[int, int]]:
@@ -311,8 +417,9 @@ def _occluded(pix: torch.Tensor, gb: dict, rays: torch.Tensor, face_normals: tor
 def field_to_vertex_gradients(field: torch.Tensor, gbuffer: GBuffer, vertices: torch.Tensor,
                               camera: CameraIntrinsics, faces: torch.Tensor, dilation: int = 2,
                               occlusion_tolerance: float = 0.01) -> torch.Tensor:
-    """Return dL/dV (V, 3) (dtype and device of `vertices`) from a per-pixel field
-    F = dL/d(u, v) (H, W, 2) (e.g. `image_gradient_field`; pixel units, u right, v down).
+    """The propagation half of the backward: return dL/dV (V, 3) (dtype and device of
+    `vertices`) from any per-pixel field F = dL/d(u, v) (H, W, 2) (loss units per pixel, u
+    right, v down; from any `FieldProducer`, e.g. `image_gradient_field`, or a learned one).
 
     vertices (V, 3): the camera-frame (OpenCV, metres) vertices that were rasterised into
     `gbuffer`; faces (F, 3) int64. For every pixel p with F_p != 0: its surface point X_p
@@ -357,7 +464,8 @@ def _vertex_gradients(field: torch.Tensor, gbuffer: GBuffer, vertices: torch.Ten
                       normal_rows: torch.Tensor | None = None,
                       region: tuple[slice, slice] | None = None
                       ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """`field_to_vertex_gradients` (float32), fused with the scatter of the shading term:
+    """The propagation of `field_to_vertex_gradients` (float32), fused with the scatter of the
+    shading term (one scatter for both, as the backward of `diff_render` uses it):
     covered = (pixels, corners, bary) of all covered pixels (computed if None) and
     normal_rows (M, 3) dL/dn per covered pixel; region: (rows, cols) outside which the field
     is known to be zero. Returns (dL/dV (V, 3), dL/d(vertex normals) (V, 3) or None)."""
@@ -441,6 +549,17 @@ def _occlusion_edges(pixels: torch.Tensor, f_in: torch.Tensor, gb: dict, vertice
     return occ
 
 
+def _checked_field(field, gbuffer: GBuffer) -> torch.Tensor:
+    """Return a producer's field; RenderError unless it is a floating (H, W, 2) tensor."""
+    shape = (gbuffer.height, gbuffer.width, 2)
+    if not isinstance(field, torch.Tensor) or field.shape != shape \
+            or not field.is_floating_point():
+        got = f"{tuple(field.shape)} {field.dtype}" if isinstance(field, torch.Tensor) \
+            else type(field).__name__
+        raise RenderError(f"the field producer must return a float tensor {shape}, got {got}")
+    return field
+
+
 class _DiffRenderFunction(torch.autograd.Function):
     """Forward: rasterise (OpenGL) and shade every view; backward: the screen-space term (2)
     plus the shading-normal term (1) to the vertices. Inputs after `vertices` get no gradient."""
@@ -489,9 +608,10 @@ class _DiffRenderFunction(torch.autograd.Function):
             if rows.stop <= rows.start:  # nothing covered: zero gradient
                 grads.append(torch.zeros_like(vertices[b]))
                 continue
-            field = torch.zeros(gb.height, gb.width, 2, dtype=torch.float32, device=image.device)
-            field[rows, cols] = image_gradient_field(grad_image[b][:, rows, cols],
-                                                     image[b][:, rows, cols])
+            context = FieldContext(gb, ctx.cameras[b], vertices[b].detach(), faces, settings,
+                                   (rows, cols), b)
+            field = _checked_field(settings.field_producer(grad_image[b], image[b], context),
+                                   gb)
             cache = ctx.caches[b]
             covered = None if cache is None else (cache.pixels, cache.corners, cache.bary)
             normal_rows = None if cache is None else _shading_rows(grad_image[b], cache,
@@ -552,4 +672,25 @@ def diff_render(vertices: torch.Tensor, faces, cameras: CameraIntrinsics | list[
                                             vertices.dim() == 2)
     if not batched:
         image, mask = image[0], mask[0]
+    return image, mask
+
+
+def diff_render_supersampled(vertices: torch.Tensor, faces, camera: CameraIntrinsics,
+                             settings: DiffRenderSettings = DiffRenderSettings(),
+                             factor: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """Anti-aliased `diff_render` through one camera: render at `factor` x the image size and
+    average factor x factor blocks; return (image (C, H, W) or (B, C, H, W), mask (H, W) or
+    (B, H, W) bool: at least half of the block covered), the sizes of `camera`. factor <= 1 is
+    plain `diff_render`. Gradients reach `vertices` through the average."""
+    if factor <= 1:
+        return diff_render(vertices, faces, camera, settings)
+    image, mask = diff_render(vertices, faces,
+                              camera.scaled(camera.width * factor, camera.height * factor),
+                              settings)
+    if image.dim() == 3:
+        image = TF.avg_pool2d(image[None], factor)[0]
+        mask = TF.avg_pool2d(mask[None, None].float(), factor)[0, 0] >= 0.5
+    else:
+        image = TF.avg_pool2d(image, factor)
+        mask = TF.avg_pool2d(mask[:, None].float(), factor)[:, 0] >= 0.5
     return image, mask

@@ -57,7 +57,7 @@ def test_registration_reduces_the_shape_error(space):
     target_vertices = space.deform_numpy(z_target)
     obs, loss_fn, render_fn = _rgb_setup(space, z_target, pose)
     cfg = RegisterConfig(iterations=25, learning_rate=0.05, plateau_patience=25, gif=True)
-    result = register(space, space.faces, [obs], loss_fn, render_fn, cfg, torch.device("cpu"))
+    result = register(space, [obs], loss_fn, render_fn, cfg, torch.device("cpu"))
     before = np.linalg.norm(space.canonical_vertices - target_vertices, axis=1).mean()
     after = np.linalg.norm(result.vertices - target_vertices, axis=1).mean()
     assert result.best_loss < 0.7 * result.initial_loss
@@ -73,7 +73,7 @@ def test_joint_mode_moves_only_the_allowed_axes(space):
     obs = replace(obs, pose=shifted)
     cfg = RegisterConfig(iterations=9, joint=True, pose_every=3, pose_axes=("tx", "ty"),
                          plateau_patience=20, gif=False)
-    result = register(space, space.faces, [obs], loss_fn, render_fn, cfg, torch.device("cpu"))
+    result = register(space, [obs], loss_fn, render_fn, cfg, torch.device("cpu"))
     final = result.poses[0]
     assert np.allclose(final.rotation, shifted.rotation, atol=1e-12)  # no rotation axis allowed
     assert final.translation[2] == pytest.approx(shifted.translation[2], abs=1e-12)
@@ -92,7 +92,7 @@ def test_divergence_keeps_the_best_state(space):
         return value * (1e6 if calls["n"] > 3 else 1.0)
 
     cfg = RegisterConfig(iterations=10, plateau_patience=20, gif=False, start="canonical")
-    result = register(space, space.faces, [obs], exploding, render_fn, cfg, torch.device("cpu"))
+    result = register(space, [obs], exploding, render_fn, cfg, torch.device("cpu"))
     assert result.stop_reason == "diverged"
     assert result.best_iteration <= 2
     assert np.isfinite(result.vertices).all()
@@ -111,16 +111,16 @@ def test_pose_increment_is_consistent_across_views():
 
 
 def test_rotation_search_finds_a_coarse_misalignment(space):
-    from regtool.registration.optimise import _rotation_search
+    from regtool.registration.optimise import Problem, _rotation_search
 
     pose = Pose.look_at(0.45, azimuth_deg=30.0, elevation_deg=15.0)
     obs, loss_fn, render_fn = _rgb_setup(space, space.canonical_code, pose)
     start = pose.compose(np.array([0.0, 0.0, np.radians(-12.0)]), np.zeros(3))
     obs = replace(obs, pose=start)
-    vertices = space.deform(torch.as_tensor(space.canonical_code))
+    problem = Problem.create(space, [obs], loss_fn, render_fn, torch.device("cpu"))
     mask = torch.ones(6, dtype=torch.float64)
-    found = _rotation_search(vertices, [start], [obs], loss_fn, render_fn,
-                             torch.zeros(6, dtype=torch.float64), 0.1, mask, 12.0)
+    found = _rotation_search(problem, torch.as_tensor(space.canonical_code),
+                             torch.zeros(6, dtype=torch.float64), mask, 12.0)
     assert np.allclose(found.numpy(), [0, 0, np.radians(12.0), 0, 0, 0], atol=1e-12)
 
 
@@ -132,8 +132,8 @@ def test_code_search_starts_a_second_descent_from_the_best_training_code(space):
     obs, loss_fn, render_fn = _rgb_setup(space, z_target, pose)
     cfg = RegisterConfig(iterations=4, learning_rate=0.05, plateau_patience=25, gif=False,
                          start="canonical")
-    plain = register(space, space.faces, [obs], loss_fn, render_fn, cfg, torch.device("cpu"))
-    found = register(space, space.faces, [obs], loss_fn, render_fn,
+    plain = register(space, [obs], loss_fn, render_fn, cfg, torch.device("cpu"))
+    found = register(space, [obs], loss_fn, render_fn,
                      replace(cfg, start="search"), torch.device("cpu"))
     # The observation was rendered from a training code: the second descent starts there, at
     # (nearly) zero loss, while four steps from the canonical stay far from it.
@@ -143,3 +143,28 @@ def test_code_search_starts_a_second_descent_from_the_best_training_code(space):
     before = np.linalg.norm(plain.vertices - target_vertices, axis=1).mean()
     assert error < 0.1 * before, (error, before)
     assert found.timings["search"] > 0 and found.timings["total"] > found.timings["search"]
+
+
+def test_forward_is_the_pass_every_stage_evaluates(space):
+    """`forward` at the start state gives exactly the first loss the descent records, its
+    renderings are the renderer's, and n_views / with_loss restrict it."""
+    from regtool.registration.optimise import Problem, forward
+
+    pose = Pose.look_at(0.45, azimuth_deg=30.0, elevation_deg=15.0)
+    obs, loss_fn, render_fn = _rgb_setup(space, space.train_codes[0], pose)
+    cfg = RegisterConfig(iterations=1, plateau_patience=20, gif=False, start="canonical")
+    result = register(space, [obs, obs], lambda r, i: loss_fn(r, 0), render_fn, cfg,
+                      torch.device("cpu"))
+    problem = Problem.create(space, [obs, obs], lambda r, i: loss_fn(r, 0), render_fn,
+                             torch.device("cpu"))
+    code = torch.as_tensor(space.canonical_code, dtype=torch.float64)
+    zero = torch.zeros(6, dtype=torch.float64)
+    with torch.no_grad():
+        both = forward(problem, code, zero)
+        one = forward(problem, code, zero, n_views=1, with_loss=False)
+        image, mask = render_fn(posed_vertices(space.deform(code), [pose], zero, 0.1)[0].float(),
+                                obs.camera)
+    assert float(both.loss) == result.history[0].loss
+    assert float(both.loss) == 2 * float(loss_fn(image[None], 0))
+    assert len(both.images) == 2 and one.loss is None and len(one.images) == 1
+    assert torch.equal(one.images[0], image) and torch.equal(one.masks[0], mask)
