@@ -34,6 +34,7 @@ SUBDIVISIONS = {"10k": 5, "40k": 6, "160k": 7, "640k": 8}
 
 def _worker(args: argparse.Namespace) -> dict:
     import numpy as np
+    import pyrender
     import torch
     import trimesh
 
@@ -41,8 +42,6 @@ def _worker(args: argparse.Namespace) -> dict:
     from regtool.geometry.camera import CV_TO_GL, CameraIntrinsics
     from regtool.render.context import get_context
     from regtool.render.diff import DiffRenderSettings, diff_render
-
-    import pyrender
 
     if args.threads:
         torch.set_num_threads(args.threads)

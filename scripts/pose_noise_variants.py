@@ -37,8 +37,14 @@ from regtool.config import load_config
 from regtool.data.dataset import load_category
 from regtool.data.manifest import UNITS_TO_METRES, read_manifest
 from regtool.evaluation.metrics import distance_stats, pose_error
-from regtool.evaluation.run import (instance_rng, observation_camera, observe_instance, perturb,
-                                    pose_noise, reference_seeds)
+from regtool.evaluation.run import (
+    instance_rng,
+    observation_camera,
+    observe_instance,
+    perturb,
+    pose_noise,
+    reference_seeds,
+)
 from regtool.features.compare import FeatureLoss
 from regtool.registration.pipeline import load_models, make_observation, run_registration
 

@@ -7,8 +7,15 @@ from typing import Optional
 
 import typer
 
-from regtool.cli.app import (ConfigOption, app, command_config, console, options, progress_bar,
-                             reported_errors)
+from regtool.cli.app import (
+    ConfigOption,
+    app,
+    command_config,
+    console,
+    options,
+    progress_bar,
+    reported_errors,
+)
 
 
 def _artifact(template: str, category: str, what: str) -> Path:

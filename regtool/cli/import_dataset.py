@@ -7,8 +7,16 @@ from typing import Optional
 
 import typer
 
-from regtool.cli.app import (ConfigOption, app, command_config, console, err_console, options,
-                             progress_bar, reported_errors)
+from regtool.cli.app import (
+    ConfigOption,
+    app,
+    command_config,
+    console,
+    err_console,
+    options,
+    progress_bar,
+    reported_errors,
+)
 
 
 @app.command("import-dataset")

@@ -7,8 +7,16 @@ from typing import List, Optional
 
 import typer
 
-from regtool.cli.app import (ConfigOption, app, command_config, console, options, progress_bar,
-                             reported_errors, warn)
+from regtool.cli.app import (
+    ConfigOption,
+    app,
+    command_config,
+    console,
+    options,
+    progress_bar,
+    reported_errors,
+    warn,
+)
 
 
 def _per_view(values: list[Path], n: int, what: str) -> list[Path]:
@@ -54,8 +62,12 @@ def register_command(
     from regtool.features.compare import FeatureLoss
     from regtool.io import check_output_dir
     from regtool.registration.inputs import read_camera, read_image, read_mask, read_pose
-    from regtool.registration.pipeline import (load_models, make_observation, run_registration,
-                                               summary_line)
+    from regtool.registration.pipeline import (
+        load_models,
+        make_observation,
+        run_registration,
+        summary_line,
+    )
     from regtool.registration.result import ViewResult, software_versions, write_registration
     from regtool.render.context import check_render_size
 
@@ -79,8 +91,11 @@ def register_command(
         named = None
         space, net, _meta = load_models(shapespace, unet, device)
         if transfer is not None:
-            from regtool.registration.transfer import (SURFACE_TOLERANCE, far_from_surface,
-                                                       read_named_points)
+            from regtool.registration.transfer import (
+                SURFACE_TOLERANCE,
+                far_from_surface,
+                read_named_points,
+            )
 
             named = read_named_points(transfer, space.units)
             far = far_from_surface(space.canonical_vertices, space.faces, named)

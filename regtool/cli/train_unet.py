@@ -8,8 +8,15 @@ from typing import Optional
 
 import typer
 
-from regtool.cli.app import (ConfigOption, app, command_config, console, options, progress_bar,
-                             reported_errors)
+from regtool.cli.app import (
+    ConfigOption,
+    app,
+    command_config,
+    console,
+    options,
+    progress_bar,
+    reported_errors,
+)
 
 
 @app.command("train-unet")

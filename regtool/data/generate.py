@@ -10,11 +10,18 @@ from pathlib import Path
 import numpy as np
 
 from regtool.config import MakeDatasetConfig
-from regtool.data.manifest import (FORMAT, VERSION, CategoryEntry, FileEntry, Manifest,
-                                   TestEntry, manifest_to_dict)
-from regtool.data.procedural import (canonical_params, generate_mesh, sample_params, spec_of)
-from regtool.geometry.mesh import save_mesh, save_points
+from regtool.data.manifest import (
+    FORMAT,
+    VERSION,
+    CategoryEntry,
+    FileEntry,
+    Manifest,
+    TestEntry,
+    manifest_to_dict,
+)
+from regtool.data.procedural import canonical_params, generate_mesh, sample_params, spec_of
 from regtool.errors import OutputError
+from regtool.geometry.mesh import save_mesh, save_points
 from regtool.io import atomic_dir, check_output_dir, sha256_file, write_json_atomic
 
 Progress = Callable[[str], None]

@@ -35,11 +35,24 @@ from pathlib import Path
 import numpy as np
 import trimesh
 
-from regtool.data.manifest import (CategoryEntry, FileEntry, Manifest, TestEntry,
-                                   UNITS_TO_METRES, manifest_to_dict, read_manifest)
+from regtool.data.manifest import (
+    UNITS_TO_METRES,
+    CategoryEntry,
+    FileEntry,
+    Manifest,
+    TestEntry,
+    manifest_to_dict,
+    read_manifest,
+)
 from regtool.errors import DatasetError, MeshError, OutputError
-from regtool.geometry.mesh import (MESH_SUFFIXES, POINT_SUFFIXES, load_mesh, load_points,
-                                   save_mesh, save_points)
+from regtool.geometry.mesh import (
+    MESH_SUFFIXES,
+    POINT_SUFFIXES,
+    load_mesh,
+    load_points,
+    save_mesh,
+    save_points,
+)
 from regtool.io import atomic_dir, sha256_file, write_json_atomic
 
 MIN_TRAIN = 3

@@ -26,10 +26,21 @@ import torch.nn.functional as F
 
 from regtool.config import RenderConfig, UNetConfig
 from regtool.errors import ArtifactError, DatasetError
-from regtool.features.unet import (ARCH_KEYS, UNet, checkpoint_bytes, model_from_checkpoint,
-                                   read_checkpoint, unet_from_config)
-from regtool.features.views import (BatchStream, ViewMesh, ViewSampler, load_backgrounds,
-                                    render_fixed_set)
+from regtool.features.unet import (
+    ARCH_KEYS,
+    UNet,
+    checkpoint_bytes,
+    model_from_checkpoint,
+    read_checkpoint,
+    unet_from_config,
+)
+from regtool.features.views import (
+    BatchStream,
+    ViewMesh,
+    ViewSampler,
+    load_backgrounds,
+    render_fixed_set,
+)
 from regtool.io import sha256_file, write_atomic, write_bytes_atomic, write_json_atomic
 
 Progress = Callable[[int, int, dict[str, float]], None]

@@ -123,8 +123,12 @@ def render_view(mesh: ViewMesh, sampler: ViewSampler, rng: np.random.Generator
     """Return `(rgb, label)` of one random view: rgb (H, W, 3) uint8, label (H, W) uint8
     (0 background, `mesh.label` where the object covers the pixel centre)."""
     from regtool.geometry.camera import CameraIntrinsics
-    from regtool.render.shading import (random_background, random_lighting, random_material,
-                                        render_shaded)
+    from regtool.render.shading import (
+        random_background,
+        random_lighting,
+        random_material,
+        render_shaded,
+    )
 
     camera = CameraIntrinsics.from_fov(sampler.width, sampler.height, sampler.fov_y_deg)
     pose = sample_pose(rng, sampler)

@@ -15,8 +15,12 @@ from functools import lru_cache
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from regtool.registration.result import (OBSERVED_OUTLINE_RGB, RENDERED_OUTLINE_RGB,
-                                         overlay_image, to_uint8_rgb)
+from regtool.registration.result import (
+    OBSERVED_OUTLINE_RGB,
+    RENDERED_OUTLINE_RGB,
+    overlay_image,
+    to_uint8_rgb,
+)
 
 MIN_PANEL_HEIGHT = 240  # pixels; a 160x120 observation is shown at 2x
 OUTLINE_THICKNESS = 2  # pixels, at the enlarged size

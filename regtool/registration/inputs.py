@@ -132,8 +132,8 @@ def fit_image_size(image: np.ndarray, expected_size: tuple[int, int] | None, res
         return image, False
     if not resize:
         raise RegistrationError(f"{source} is {image.shape[1]}x{image.shape[0]} pixels but the "
-                                f"camera expects {w}x{h}; refusing to resize (pass --resize to resize it, "
-                                f"or pass an image/camera of matching size)")
+                                f"camera expects {w}x{h}; refusing to resize (pass --resize "
+                                f"to resize it, or an image/camera of matching size)")
     from skimage.transform import resize as sk_resize
 
     out = sk_resize(image, (h, w) + image.shape[2:], order=1, anti_aliasing=True,

@@ -277,7 +277,7 @@ def _descend(problem: Problem, config: RegisterConfig, device: torch.device,
     descent's summary, `seconds_before` is added to its total time."""
     timings = {"render": 0.0, "features": 0.0, "backward": 0.0, "optimiser": 0.0, "total": 0.0}
     t_start = time.perf_counter() - seconds_before
-    space, observations = problem.space, problem.observations
+    observations = problem.observations
     std, radius = problem.std, problem.radius
     u = u0.clone()
     u.requires_grad_(True)

@@ -154,8 +154,13 @@ def check_sizes(canonical_vertices: np.ndarray, train: dict[str, np.ndarray], un
     """Return a warning per training mesh (vertices (V, 3)) whose size (bounding-box diagonal)
     differs from the canonical's by more than SIZE_WARN_RATIO; MeshError naming the first one
     that differs by more than SIZE_ERROR_RATIO (a mesh in another unit)."""
-    from regtool.data.dataset import (SIZE_ERROR_RATIO, SIZE_WARN_RATIO, mesh_size, size_message,
-                                      size_ratio)
+    from regtool.data.dataset import (
+        SIZE_ERROR_RATIO,
+        SIZE_WARN_RATIO,
+        mesh_size,
+        size_message,
+        size_ratio,
+    )
 
     reference = mesh_size(canonical_vertices)
     warnings = []

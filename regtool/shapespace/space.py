@@ -178,7 +178,7 @@ class ShapeSpace:
                 loss += float(np.mean(d2 ** 2))
             return np.concatenate(idx), np.concatenate(tgt), np.concatenate(wts), loss, d1
 
-        for it in range(1, iterations + 1):
+        for _ in range(iterations):
             s = model(z)
             idx, tgt, wts, loss, _ = correspondences(s @ rot.T + trans)
             if np.isfinite(prev) and prev - loss <= tolerance * prev:

@@ -6,12 +6,12 @@ import json
 import os
 
 import pytest
+from clitools import one_line_error
+from datatools import copy_category
 from typer.testing import CliRunner
 
 from regtool import __version__
 from regtool.cli import app
-from clitools import one_line_error
-from datatools import copy_category
 
 runner = CliRunner()
 

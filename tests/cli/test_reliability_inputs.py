@@ -18,9 +18,9 @@ from pathlib import Path
 import imageio.v3 as iio
 import numpy as np
 import pytest
+from clitools import one_line_error
 from typer.testing import CliRunner
 
-from clitools import one_line_error
 from regtool.cli import app
 from regtool.config import ShapeSpaceConfig, UNetConfig, load_config
 from regtool.errors import ArtifactError, GLContextError, MeshError, RegistrationError

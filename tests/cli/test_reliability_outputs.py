@@ -19,10 +19,10 @@ import imageio.v3 as iio
 import numpy as np
 import pytest
 import trimesh
+from clitools import one_line_error
 from typer.testing import CliRunner
 
 from regtool.cli import app
-from clitools import one_line_error
 
 runner = CliRunner()
 SETS = ".regtool-sets"
@@ -168,11 +168,11 @@ def test_failed_register_leaves_no_output_folder(tmp_path):
 
 def test_failed_evaluate_leaves_no_output_folder(tmp_path, monkeypatch):
     """The evaluation fails after the inputs were checked (simulated): no report folder."""
+    import regtool.evaluation.run as run
+    import regtool.registration.pipeline as pipeline
     from regtool.config import MakeDatasetConfig
     from regtool.data.generate import make_dataset
     from regtool.errors import RegistrationError
-    import regtool.evaluation.run as run
-    import regtool.registration.pipeline as pipeline
 
     make_dataset(tmp_path / "ds", MakeDatasetConfig(categories=("bottle",), n_train=2,
                                                     n_test=1, contact_sheet=False), seed=0)
@@ -503,7 +503,6 @@ def _register_cmd(art: Path, out: Path, iterations: int, pose: Path | None = Non
 def _registered_set(out: Path, space) -> tuple[float, ...]:
     """Return z of the one registration in `out`; fail if its files are mixed or partial."""
     from regtool.geometry.mesh import load_mesh
-    from regtool.registration.figures import BAR_HEIGHT
 
     visible = {p.name for p in out.iterdir() if not p.name.startswith(".")}
     assert visible == RESULT_FILES, visible

@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import trimesh
-from typer.testing import CliRunner
-
 from clitools import one_line_error
 from datatools import copy_category
+from typer.testing import CliRunner
+
 from regtool.cli import app
 from regtool.geometry.mesh import load_mesh
 from regtool.io import sha256_file

@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import trimesh
+from clitools import one_line_error
 from typer.testing import CliRunner
 
-from clitools import one_line_error
 from regtool.cli import app
 from regtool.data.importer import import_dataset, medoid, repair_mesh
 from regtool.data.manifest import UNITS_TO_METRES, read_manifest, verify_dataset

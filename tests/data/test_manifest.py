@@ -6,8 +6,8 @@ import json
 import shutil
 
 import pytest
-
 from datatools import copy_category
+
 from regtool.data.manifest import parse_manifest, read_manifest, verify_dataset
 from regtool.errors import DatasetError
 

@@ -7,8 +7,7 @@ import pytest
 import trimesh
 
 from regtool.errors import MeshError
-from regtool.evaluation.metrics import (distance_stats, point_to_mesh_vertex_distances,
-                                       pose_error)
+from regtool.evaluation.metrics import distance_stats, point_to_mesh_vertex_distances, pose_error
 from regtool.geometry.camera import Pose
 
 

@@ -21,8 +21,13 @@ import pytest
 import regtool.features.train as train_mod
 from regtool.config import load_config
 from regtool.errors import ArtifactError
-from regtool.features.train import (read_report, side_file_stamp, side_paths, stale_side_files,
-                                    train_unet)
+from regtool.features.train import (
+    read_report,
+    side_file_stamp,
+    side_paths,
+    stale_side_files,
+    train_unet,
+)
 from regtool.features.unet import load_unet, read_checkpoint
 from regtool.io import sha256_file
 

@@ -7,10 +7,10 @@ import shutil
 
 import pytest
 import torch
+from clitools import one_line_error
 from typer.testing import CliRunner
 
 from regtool.cli import app
-from clitools import one_line_error
 
 runner = CliRunner()
 

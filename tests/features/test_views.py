@@ -7,8 +7,14 @@ import pytest
 
 from regtool.errors import DatasetError, RenderError
 from regtool.features.train import load_view_meshes
-from regtool.features.views import (BatchStream, ViewSampler, load_backgrounds, render_batch,
-                                    render_fixed_set, sample_pose)
+from regtool.features.views import (
+    BatchStream,
+    ViewSampler,
+    load_backgrounds,
+    render_batch,
+    render_fixed_set,
+    sample_pose,
+)
 
 pytestmark = pytest.mark.gl
 

@@ -8,11 +8,11 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
+from clitools import one_line_error
 from typer.testing import CliRunner
 
 from regtool.cli import app
 from regtool.config import config_to_dict
-from clitools import one_line_error
 
 pytestmark = pytest.mark.gl
 runner = CliRunner()

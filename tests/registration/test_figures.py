@@ -4,10 +4,19 @@ from __future__ import annotations
 
 import numpy as np
 
-from regtool.registration.figures import (BAR_HEIGHT, BAR_RGB, OUTLINE_THICKNESS,
-                                          frame_caption, overlay_figure)
-from regtool.registration.result import (OBSERVED_OUTLINE_RGB, RENDERED_OUTLINE_RGB,
-                                         mask_outline, overlay_image)
+from regtool.registration.figures import (
+    BAR_HEIGHT,
+    BAR_RGB,
+    OUTLINE_THICKNESS,
+    frame_caption,
+    overlay_figure,
+)
+from regtool.registration.result import (
+    OBSERVED_OUTLINE_RGB,
+    RENDERED_OUTLINE_RGB,
+    mask_outline,
+    overlay_image,
+)
 
 H, W = 120, 160
 

@@ -13,8 +13,13 @@ from PIL import Image
 from regtool.config import RenderConfig
 from regtool.errors import RegistrationError
 from regtool.geometry.camera import CameraIntrinsics, Pose
-from regtool.registration.inputs import (fit_image_size, read_camera, read_image, read_mask,
-                                         read_pose)
+from regtool.registration.inputs import (
+    fit_image_size,
+    read_camera,
+    read_image,
+    read_mask,
+    read_pose,
+)
 
 H, W = 12, 16
 

@@ -11,8 +11,7 @@ import torch
 
 from regtool.config import RegisterConfig
 from regtool.geometry.camera import CameraIntrinsics, Pose
-from regtool.registration.optimise import (Observation, apply_increment, posed_vertices,
-                                           register)
+from regtool.registration.optimise import Observation, apply_increment, posed_vertices, register
 from regtool.shapespace.space import ShapeSpace
 
 pytestmark = pytest.mark.gl

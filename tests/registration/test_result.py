@@ -15,9 +15,16 @@ from regtool.errors import MeshError, OutputError, RegistrationError
 from regtool.geometry.camera import CameraIntrinsics, Pose
 from regtool.geometry.mesh import load_mesh
 from regtool.registration.figures import BAR_HEIGHT, overlay_figure
-from regtool.registration.result import (OBSERVED_OUTLINE_RGB, RENDERED_OUTLINE_RGB, ViewResult,
-                                         gif_bytes, mask_outline, overlay_image,
-                                         software_versions, write_registration)
+from regtool.registration.result import (
+    OBSERVED_OUTLINE_RGB,
+    RENDERED_OUTLINE_RGB,
+    ViewResult,
+    gif_bytes,
+    mask_outline,
+    overlay_image,
+    software_versions,
+    write_registration,
+)
 
 H, W = 24, 32
 

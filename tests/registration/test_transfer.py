@@ -9,8 +9,14 @@ import pytest
 import trimesh
 
 from regtool.errors import RegistrationError
-from regtool.registration.transfer import (far_from_surface, locate_points, parse_named_points,
-                                           read_named_points, transfer_points, transfer_record)
+from regtool.registration.transfer import (
+    far_from_surface,
+    locate_points,
+    parse_named_points,
+    read_named_points,
+    transfer_points,
+    transfer_record,
+)
 
 
 def box():

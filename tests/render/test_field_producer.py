@@ -11,8 +11,13 @@ import trimesh
 from render_testlib import small_camera
 
 from regtool.errors import RenderError
-from regtool.render.diff import (DiffRenderSettings, FieldContext, diff_render,
-                                 field_to_vertex_gradients, image_gradient_field)
+from regtool.render.diff import (
+    DiffRenderSettings,
+    FieldContext,
+    diff_render,
+    field_to_vertex_gradients,
+    image_gradient_field,
+)
 from regtool.render.gbuffer import rasterize
 
 pytestmark = pytest.mark.gl

@@ -13,8 +13,12 @@ from render_testlib import small_camera, view_of
 
 from regtool.errors import RenderError
 from regtool.geometry.camera import CameraIntrinsics, axis_angle_to_matrix
-from regtool.render.diff import (DiffRenderSettings, diff_render, field_to_vertex_gradients,
-                                 image_gradient_field)
+from regtool.render.diff import (
+    DiffRenderSettings,
+    diff_render,
+    field_to_vertex_gradients,
+    image_gradient_field,
+)
 from regtool.render.gbuffer import rasterize
 
 pytestmark = pytest.mark.gl

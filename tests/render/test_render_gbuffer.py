@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 import trimesh
-from render_testlib import (posed_vertices, reference_rasterize, small_camera, view_of)
+from render_testlib import posed_vertices, reference_rasterize, small_camera, view_of
 
 from regtool.errors import RenderError
 from regtool.geometry.camera import CameraIntrinsics

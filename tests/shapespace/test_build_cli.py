@@ -8,11 +8,11 @@ import shutil
 
 import numpy as np
 import pytest
+from clitools import one_line_error
 from typer.testing import CliRunner
 
 from regtool.cli import app
 from regtool.io import sha256_file
-from clitools import one_line_error
 
 runner = CliRunner()
 

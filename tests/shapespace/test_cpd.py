@@ -9,7 +9,7 @@ import torch
 
 from regtool.errors import MeshError
 from regtool.shapespace import cpd as cpd_module
-from regtool.shapespace.cpd import lowrank_kernel, gaussian_kernel, nonrigid_cpd
+from regtool.shapespace.cpd import gaussian_kernel, lowrank_kernel, nonrigid_cpd
 
 
 def smooth_field(p: np.ndarray) -> np.ndarray:
