@@ -109,3 +109,11 @@ def test_config_reference_is_current_and_complete(repo_root):
         for f in dataclasses.fields(get_type_hints(Config)[section.name]):
             assert f.metadata["doc"], f"{section.name}.{f.name} has no doc"
             assert f"| `{f.name}` |" in doc
+
+
+def test_ci_runs_exactly_the_readmes_test_command(repo_root):
+    """.ci/run's command is the README's test command (set-up, lint, tests)."""
+    readme = (repo_root / "README.md").read_text(encoding="utf-8")
+    ci = (repo_root / ".ci" / "run").read_text(encoding="utf-8").strip().splitlines()[-1]
+    assert ci.startswith("bash scripts/setup.sh && ")
+    assert f"```bash\n{ci}\n```" in readme
