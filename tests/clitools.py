@@ -1,4 +1,8 @@
-"""Assertions shared by the CLI tests (importable because pytest puts tests/ on sys.path)."""
+"""Helpers shared by the CLI tests (importable because pytest puts tests/ on sys.path)."""
+
+import json
+
+from regtool.config import Config, config_to_dict
 
 
 def one_line_error(result, *fragments):
@@ -11,3 +15,12 @@ def one_line_error(result, *fragments):
     assert "Traceback" not in result.output
     for f in fragments:
         assert f in lines[0], lines[0]
+
+
+def config_toml(cfg: Config) -> str:
+    """Return the TOML text of a whole `Config` (every section and key)."""
+    lines = []
+    for section, values in config_to_dict(cfg).items():
+        lines.append(f"[{section}]")
+        lines += [f"{k} = {json.dumps(v)}" for k, v in values.items()]
+    return "\n".join(lines) + "\n"

@@ -8,22 +8,13 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
-from clitools import one_line_error
+from clitools import config_toml, one_line_error
 from typer.testing import CliRunner
 
 from regtool.cli import app
-from regtool.config import config_to_dict
 
 pytestmark = pytest.mark.gl
 runner = CliRunner()
-
-
-def _toml(cfg) -> str:
-    lines = []
-    for section, values in config_to_dict(cfg).items():
-        lines.append(f"[{section}]")
-        lines += [f"{k} = {json.dumps(v)}" for k, v in values.items()]
-    return "\n".join(lines) + "\n"
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +26,7 @@ def observation(dataset_dir, quick_config, tmp_path_factory):
     cam = CameraIntrinsics.from_fov(quick_config.render.width, quick_config.render.height, 40.0)
     (d / "camera.json").write_text(json.dumps(cam.to_dict()))
     (d / "pose.json").write_text(json.dumps(Pose.look_at(0.6, 30.0, 20.0).to_dict()))
-    (d / "config.toml").write_text(_toml(quick_config))
+    (d / "config.toml").write_text(config_toml(quick_config))
     result = runner.invoke(app, ["--seed", "2", "render-view", "--mesh",
                                  str(dataset_dir / "bottle/test/bottle_test_00.ply"),
                                  "--camera", str(d / "camera.json"), "--pose",

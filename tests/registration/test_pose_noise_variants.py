@@ -7,9 +7,9 @@ import importlib.util
 import json
 
 import numpy as np
+from clitools import config_toml
 
 from regtool.evaluation.run import InstanceJob, evaluate_instance
-from tests.registration.test_cli_end_to_end import _toml
 
 
 def _script(repo_root):
@@ -28,7 +28,7 @@ def test_variants_script_reproduces_the_evaluation_draw(bottle_artifacts, datase
     for name, key in (("shapespace.npz", "shapespace"), ("unet.pt", "unet")):
         (run / "bottle" / name).symlink_to(bottle_artifacts[key])
     config_path = tmp_path / "config.toml"
-    config_path.write_text(_toml(quick_config))
+    config_path.write_text(config_toml(quick_config))
 
     row = evaluate_instance(InstanceJob(str(dataset_dir), "bottle", 1,
                                         str(bottle_artifacts["shapespace"]),
