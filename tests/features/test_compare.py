@@ -139,7 +139,15 @@ def test_observed_features_cached(scene, unet):
 def test_region_and_bad_input(scene, unet):
     loss = FeatureLoss(unet)
     region = torch.from_numpy(scene["mask"])[None, None]
-    assert float(loss(scene["correct"], scene["observed"], region)) >= 0
+    # The region-weighted loss is the mean squared difference of the aggregated maps over the
+    # region's pixels.
+    with torch.no_grad():
+        diff2 = (aggregate(unet.features(scene["correct"]))
+                 - aggregate(unet.features(scene["observed"]))) ** 2
+    expected = float(diff2[0][torch.from_numpy(scene["mask"])].mean())
+    assert float(loss(scene["correct"], scene["observed"], region)) == pytest.approx(
+        expected, rel=1e-5)
+    assert expected > 0
     with pytest.raises(RegistrationError, match="region"):
         loss(scene["correct"], scene["observed"], region[..., :10])
     with pytest.raises(RegistrationError, match="differ in shape"):

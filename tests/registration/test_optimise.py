@@ -76,8 +76,10 @@ def test_joint_mode_moves_only_the_allowed_axes(space):
     final = result.poses[0]
     assert np.allclose(final.rotation, shifted.rotation, atol=1e-12)  # no rotation axis allowed
     assert final.translation[2] == pytest.approx(shifted.translation[2], abs=1e-12)
-    moved = np.linalg.norm(final.translation - shifted.translation)
-    assert moved > 0  # tx/ty were updated on pose steps
+    # tx/ty were updated on pose steps, towards the true translation (1.4 cm off at the start).
+    start_error = np.linalg.norm(shifted.translation - pose.translation)
+    final_error = np.linalg.norm(final.translation - pose.translation)
+    assert final_error < 0.7 * start_error, (start_error, final_error)
 
 
 def test_divergence_keeps_the_best_state(space):
