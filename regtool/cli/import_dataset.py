@@ -61,6 +61,7 @@ def import_dataset_command(
         how = manifest.extra["importer"]["canonical"]
         console.print(f"{category}: canonical {c.canonical.name} ({how}) + {len(c.train)} train "
                       f"+ {len(c.test)} test")
+        assert c.offset is not None  # import_dataset always records the offset
         offset = ", ".join(f"{x:.6g}" for x in c.offset)
         console.print(f"recentred: offset ({offset}) {manifest.units} added to every mesh "
                       f"and point set")

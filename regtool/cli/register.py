@@ -83,7 +83,7 @@ def register_command(
             raise RegistrationError(f"{len(image)} images but {len(pose)} pose files: give one "
                                     f"pose per image")
         poses = [read_pose(p) for p in pose]
-        masks = [None] * len(image)
+        masks: list[np.ndarray | None] = [None] * len(image)
         if mask:
             masks = [read_mask(p, (c.width, c.height), resize)
                      for p, c in zip(_per_view(mask, len(image), "mask"), cameras)]

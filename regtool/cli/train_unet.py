@@ -48,11 +48,11 @@ def train_unet_command(
         out = out if out is not None else Path("runs") / name / "unet.pt"
         check_output_file(out)
         with progress_bar("train-unet", cfg.unet.steps) as advance:
-            state = {"step": None}
+            state: dict[str, int | None] = {"step": None}
 
             def report(step: int, total: int, info: dict) -> None:
-                first = state["step"] is None
-                n = step if first else step - state["step"]
+                last = state["step"]
+                n = step if last is None else step - last
                 state["step"] = step
                 val, test = info["val_iou"], info["test_iou"]
                 text = (f"loss {info['loss']:.3f}" +

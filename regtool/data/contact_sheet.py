@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -52,7 +53,7 @@ def write_contact_sheets(root: Path, manifest: Manifest, tile: int = 160,
         fig.suptitle(f"{c.name}: canonical (red), train (black), test (blue); "
                      f"{len(meshes[0][2].vertices)} vertices in the canonical", fontsize=9)
         path = root / c.name / "contact_sheet.png"
-        write_atomic(path, lambda tmp, fig=fig: fig.savefig(tmp, format="png"))
+        write_atomic(path, partial(fig.savefig, format="png"))
         plt.close(fig)
         paths.append(path)
         if progress:

@@ -54,7 +54,7 @@ def load_category(root: Path, category: str, with_test: bool = True,
         paths[entry.name] = entry.path
         return m
 
-    tests = ()
+    tests: tuple[TestInstance, ...] = ()
     if with_test:
         tests = tuple(TestInstance(t.mesh.name, mesh(t.mesh),
                                    load_points(root / t.eval_points.path)) for t in c.test)

@@ -320,16 +320,17 @@ def import_dataset(src: Path, category: str, out: Path, *, units: str = "m",
                 entry, FileEntry(f"{name}_points", rel, sha256_file(tmp / rel)), source))
         extra = {"repaired": {n: r.steps for n, r in meshes.items() if r.steps},
                  "sources": {n: files[n].name for n in names}}
-        entry = CategoryEntry(category, canonical_entry, train_entries, tuple(test_entries),
-                              offset=tuple(float(x) for x in offset), extra=extra)
+        category_entry = CategoryEntry(
+            category, canonical_entry, train_entries, tuple(test_entries),
+            offset=(float(offset[0]), float(offset[1]), float(offset[2])), extra=extra)
         importer = {"source": str(src.resolve()), "units": units, "seed": seed,
                     "canonical": "medoid" if medoid_scores is not None else "named"}
         if medoid_scores is not None:
             importer["medoid_chamfer_sums"] = medoid_scores
-        if point_files:
+        if point_files and points_dir is not None:  # point_files come from points_dir
             importer["points_dir"] = str(Path(points_dir).resolve())
         manifest = Manifest(name=src.resolve().name or category, units=units, up_axis="z",
-                            categories={category: entry}, extra={"importer": importer})
+                            categories={category: category_entry}, extra={"importer": importer})
         write_json_atomic(tmp / "manifest.json", manifest_to_dict(manifest))
     return manifest
 

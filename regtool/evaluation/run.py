@@ -211,12 +211,12 @@ def evaluate(dataset_root: Path, categories: list[str], shapespaces: dict[str, P
     workers = max(1, min(workers, len(jobs)))
     if device.startswith("cuda"):
         workers = 1
-    rows: list[dict | None] = [None] * len(jobs)
     if workers == 1:
-        for k, job in enumerate(jobs):
-            rows[k] = evaluate_instance(job)
+        rows: list[dict] = []
+        for job in jobs:
+            rows.append(evaluate_instance(job))
             if progress:
-                progress(f"{job.category}/{rows[k]['instance']}")
+                progress(f"{job.category}/{rows[-1]['instance']}")
         return rows
     import concurrent.futures as cf
 
@@ -224,12 +224,13 @@ def evaluate(dataset_root: Path, categories: list[str], shapespaces: dict[str, P
     jobs = [InstanceJob(**{**job.__dict__, "threads": threads}) for job in jobs]
     with worker_pool(workers) as pool:
         futures = {pool.submit(evaluate_instance, job): k for k, job in enumerate(jobs)}
+        by_job: dict[int, dict] = {}
         for fut in cf.as_completed(futures):
             k = futures[fut]
-            rows[k] = fut.result()
+            by_job[k] = fut.result()
             if progress:
-                progress(f"{jobs[k].category}/{rows[k]['instance']}")
-    return rows
+                progress(f"{jobs[k].category}/{by_job[k]['instance']}")
+    return [by_job[k] for k in range(len(jobs))]
 
 
 _PR_SET_PDEATHSIG = 1  # linux/prctl.h

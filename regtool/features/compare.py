@@ -96,6 +96,7 @@ class FeatureLoss:
             with torch.no_grad():
                 self._cache_value = self._target(observed.to(self.device, torch.float32))
             self._cache_key = key
+        assert self._cache_value is not None  # set together with _cache_key
         return self._cache_value
 
     def __call__(self, rendered: torch.Tensor, observed: torch.Tensor,

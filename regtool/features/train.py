@@ -69,7 +69,8 @@ def side_file_stamp(path: Path) -> str | None:
             from PIL import Image
 
             with Image.open(path) as img:
-                stamp = img.text.get(STAMP_KEY)
+                # typed ImageFile; only PngImageFile has .text (others: AttributeError)
+                stamp = img.text.get(STAMP_KEY)  # type: ignore[attr-defined]
     except (OSError, ValueError, AttributeError, SyntaxError):
         return None
     return stamp if isinstance(stamp, str) else None
@@ -106,7 +107,7 @@ def remove_leftover_temps(out: Path) -> list[Path]:
     """Delete the temporary files (`io.write_atomic`'s `.<stem>.XXXXXXXX.tmp<suffix>`) that a
     killed run left beside checkpoint `out` and its side files; return the deleted paths."""
     out = Path(out)
-    removed = []
+    removed: list[Path] = []
     if not out.parent.is_dir():
         return removed
     for target in (out, *side_paths(out).values()):
@@ -376,7 +377,7 @@ def _train_loop(dataset_root, cats, config, render, out, device, seed, blob, sam
         val_pred = predict_labels(model, val_images, device)
         res = {"val_iou": float(iou_scores(val_pred, val_labels).mean()),
                "val_iou_pooled": _pooled(val_pred, val_labels), "val_pred": val_pred}
-        if test_images is not None:
+        if test_images is not None and test_labels is not None:  # both or neither
             test_pred = predict_labels(model, test_images, device)
             per = iou_scores(test_pred, test_labels)
             res.update(test_iou=float(per.mean()), test_iou_pooled=_pooled(test_pred, test_labels),
@@ -415,6 +416,7 @@ def _train_loop(dataset_root, cats, config, render, out, device, seed, blob, sam
                          stamp)
         sets = [("val", val_images, val_labels, res["val_pred"])]
         if res["test_pred"] is not None:
+            assert test_images is not None and test_labels is not None  # test_pred from them
             sets.append(("test mesh", test_images, test_labels, res["test_pred"]))
         _write_samples_png(paths["samples"], sets, stamp)
 

@@ -70,7 +70,7 @@ def load_backgrounds(folder: Path | None, max_images: int = 64,
     folder = Path(folder)
     if not folder.is_dir():
         raise DatasetError(f"backgrounds folder not found: {folder}")
-    images = []
+    images: list[np.ndarray] = []
     for path in sorted(folder.iterdir()):
         if path.suffix.lower() not in IMAGE_SUFFIXES or len(images) >= max_images:
             continue

@@ -77,7 +77,10 @@ def load_points(path: Path) -> np.ndarray:
         if path.suffix == ".npy":
             pts = np.load(path, allow_pickle=False)
         elif path.suffix == ".ply":
-            pts = np.asarray(trimesh.load(path, process=False).vertices)
+            # trimesh.load is typed as returning Geometry; a .ply loads as a Trimesh or a
+            # PointCloud, both with vertices (anything else fails here -> MeshError below)
+            loaded = trimesh.load(path, process=False)
+            pts = np.asarray(loaded.vertices)  # type: ignore[attr-defined]
         elif path.suffix == ".pcd":
             pts = _read_ascii_pcd(path)
         else:

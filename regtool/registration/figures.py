@@ -62,11 +62,12 @@ def overlay_figure(observed: np.ndarray, rendered: np.ndarray, rendered_mask: np
     silhouette) that ends with `caption` when given. Inputs as for `overlay_image`."""
     obs = to_uint8_rgb(observed, "observed image")
     factor = max(1, math.ceil(min_panel_height / obs.shape[0]))
-    masks = [None if m is None else _enlarge(np.asarray(m) > 0, factor)
-             for m in (rendered_mask, observed_mask)]
+    rendered_big = _enlarge(np.asarray(rendered_mask) > 0, factor)
+    observed_big = (None if observed_mask is None
+                    else _enlarge(np.asarray(observed_mask) > 0, factor))
     panels = overlay_image(_enlarge(obs, factor),
                            _enlarge(to_uint8_rgb(rendered, "rendered image"), factor),
-                           masks[0], masks[1], thickness=OUTLINE_THICKNESS)
+                           rendered_big, observed_big, thickness=OUTLINE_THICKNESS)
     w = panels.shape[1] // 3
     titles = _bar(panels.shape[1], [(6, "observation", None), (w + 6, "rendering", None),
                                     (2 * w + 6, "outlines on a 50/50 blend", None)])

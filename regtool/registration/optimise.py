@@ -168,6 +168,22 @@ class Rendering:
     masks: list[torch.Tensor]
     loss: torch.Tensor | None
 
+    def required_loss(self) -> torch.Tensor:
+        """Return `loss` of a pass made with with_loss=True (the default)."""
+        assert self.loss is not None, "forward was called with with_loss=False"
+        return self.loss
+
+
+@dataclass(frozen=True)
+class _Best:
+    """The best state of a descent so far: its loss, whitened code u (k,), pose increment (6,)
+    and iteration (-1 before the first)."""
+
+    loss: float
+    u: torch.Tensor
+    delta: torch.Tensor
+    iteration: int
+
 
 def forward(problem: Problem, code: torch.Tensor, delta: torch.Tensor,
             n_views: int | None = None, with_loss: bool = True,
@@ -287,7 +303,8 @@ def _descend(problem: Problem, config: RegisterConfig, device: torch.device,
 
     shape_opt = torch.optim.SGD([u], lr=config.learning_rate, momentum=config.momentum)
     shape_sched = torch.optim.lr_scheduler.ExponentialLR(shape_opt, gamma=config.lr_decay)
-    pose_opt = pose_sched = None
+    pose_opt: torch.optim.SGD | None = None
+    pose_sched: torch.optim.lr_scheduler.ExponentialLR | None = None
     if config.joint:
         pose_opt = torch.optim.SGD([delta], lr=config.pose_learning_rate,
                                    momentum=config.momentum)
@@ -295,8 +312,8 @@ def _descend(problem: Problem, config: RegisterConfig, device: torch.device,
 
     history: list[IterationRecord] = []
     frames: list[np.ndarray] = []
-    best = {"loss": float("inf"), "u": u.detach().clone(), "delta": torch.zeros_like(delta0),
-            "iteration": -1}
+    best = _Best(loss=float("inf"), u=u.detach().clone(), delta=torch.zeros_like(delta0),
+                 iteration=-1)
     initial_loss = float("nan")
     stop_reason = "iterations"
     since_best = 0
@@ -305,7 +322,8 @@ def _descend(problem: Problem, config: RegisterConfig, device: torch.device,
     # or by their own inverse norm where that is smaller: no later (momentum-free) step is longer
     # than the learning rate, even where the first gradient happened to be small (the loss of a
     # rasterised image is rugged).
-    grad_scale: dict[str, float | None] = {"shape": None, "pose": None}
+    shape_scale: float | None = None
+    pose_scale: float | None = None
 
     warmup = config.pose_warmup if config.joint else 0
     for it in range(warmup + config.iterations + 1):
@@ -315,7 +333,7 @@ def _descend(problem: Problem, config: RegisterConfig, device: torch.device,
             # The shape updates start from the best pose of the warm-up, not from wherever the
             # pose momentum carried it last (the pose loss is rugged; SGD overshoots).
             with torch.no_grad():
-                delta.copy_(best["delta"])
+                delta.copy_(best.delta)
             pose_opt.state.clear()
         pose_step = config.joint and (in_warmup or
                                       (it - warmup) % config.pose_every == config.pose_every - 1)
@@ -323,7 +341,7 @@ def _descend(problem: Problem, config: RegisterConfig, device: torch.device,
         if pose_opt is not None:
             pose_opt.zero_grad(set_to_none=True)
         rendering = forward(problem, u * std, delta, timings=timings)
-        total = rendering.loss
+        total = rendering.required_loss()
         loss = float(total.detach())
         if config.gif:
             frames.append(_frame(rendering.images[0], rendering.masks[0], observations[0], it,
@@ -334,13 +352,13 @@ def _descend(problem: Problem, config: RegisterConfig, device: torch.device,
                                      and loss > 10.0 * initial_loss):
             stop_reason = "diverged"
             break
-        if loss < best["loss"] * (1.0 - config.plateau_tolerance) or it == warmup:
+        if loss < best.loss * (1.0 - config.plateau_tolerance) or it == warmup:
             since_best = 0  # the plateau count starts again when shape updates start
         else:
             since_best += 1
-        if loss < best["loss"]:
-            best = {"loss": loss, "u": u.detach().clone(), "delta": delta.detach().clone(),
-                    "iteration": it}
+        if loss < best.loss:
+            best = _Best(loss=loss, u=u.detach().clone(), delta=delta.detach().clone(),
+                         iteration=it)
         lr = shape_opt.param_groups[0]["lr"]
         history.append(IterationRecord(it, loss, lr, pose_step, time.perf_counter() - t_it))
         if callback:
@@ -358,37 +376,38 @@ def _descend(problem: Problem, config: RegisterConfig, device: torch.device,
             stop_reason = "diverged"
             break
         if not in_warmup:
-            if grad_scale["shape"] is None:
-                grad_scale["shape"] = _inverse_norm(u.grad)
-            u.grad.mul_(min(grad_scale["shape"], _inverse_norm(u.grad)))
+            if shape_scale is None:
+                shape_scale = _inverse_norm(u.grad)
+            u.grad.mul_(min(shape_scale, _inverse_norm(u.grad)))
             shape_opt.step()
             shape_sched.step()
             with torch.no_grad():  # stay within the training distribution of shapes
                 u.clamp_(-config.latent_bound, config.latent_bound)
         if pose_opt is not None and pose_step and delta.grad is not None:
             delta.grad.mul_(axis_mask)
-            if grad_scale["pose"] is None:
-                grad_scale["pose"] = _inverse_norm(delta.grad)
-            delta.grad.mul_(min(grad_scale["pose"], _inverse_norm(delta.grad)))
+            if pose_scale is None:
+                pose_scale = _inverse_norm(delta.grad)
+            delta.grad.mul_(min(pose_scale, _inverse_norm(delta.grad)))
             pose_opt.step()
+            assert pose_sched is not None  # created together with pose_opt
             pose_sched.step()
         timings["optimiser"] += time.perf_counter() - t0
         history[-1].seconds = time.perf_counter() - t_it
 
     with torch.no_grad():
-        z = (best["u"] * std).cpu().numpy()
-        final = forward(problem, best["u"] * std, best["delta"], with_loss=False)
+        z = (best.u * std).cpu().numpy()
+        final = forward(problem, best.u * std, best.delta, with_loss=False)
         vertices = final.vertices
-        final_poses = apply_increment(poses, best["delta"].cpu().numpy(), radius)
+        final_poses = apply_increment(poses, best.delta.cpu().numpy(), radius)
         finals = list(zip(final.images, final.masks))
     timings["total"] = time.perf_counter() - t_start
     summary = {"start": start,
-               "losses": [h.loss for h in history], "best_iteration": int(best["iteration"]),
-               "best_loss": float(best["loss"]), "pose_warmup": warmup,
+               "losses": [h.loss for h in history], "best_iteration": int(best.iteration),
+               "best_loss": float(best.loss), "pose_warmup": warmup,
                "stop_reason": stop_reason}
     return RegistrationResult(
         z=z, poses=final_poses, vertices=vertices.cpu().numpy(), history=history,
-        best_iteration=int(best["iteration"]), best_loss=float(best["loss"]),
+        best_iteration=int(best.iteration), best_loss=float(best.loss),
         initial_loss=float(initial_loss), stop_reason=stop_reason, timings=timings,
         frames=frames, descents=[summary],
         final_images=[im.detach().cpu().permute(1, 2, 0)[..., :3].numpy() for im, _ in finals],
@@ -405,7 +424,7 @@ def _code_search(problem: Problem, config: RegisterConfig, device: torch.device)
     whitened = [(torch.as_tensor(z, dtype=torch.float64, device=device) / std).clamp(
         -config.latent_bound, config.latent_bound) for z in candidates]
     with torch.no_grad():
-        losses = [float(forward(problem, u * std, zero).loss) for u in whitened]
+        losses = [float(forward(problem, u * std, zero).required_loss()) for u in whitened]
     return (whitened[int(np.argmin(losses))] * std).cpu().numpy()
 
 
@@ -452,7 +471,7 @@ def _rotation_search(problem: Problem, code: torch.Tensor, delta: torch.Tensor,
                 cand = delta.clone()
                 cand[:3] += torch.as_tensor([a * rad, b * rad, c * rad], dtype=delta.dtype,
                                             device=delta.device)
-                loss = float(forward(problem, code, cand).loss)
+                loss = float(forward(problem, code, cand).required_loss())
                 if loss < best_loss:
                     best, best_loss = cand, loss
     return best
@@ -468,8 +487,8 @@ def _centre_shift(problem: Problem, code: torch.Tensor) -> np.ndarray:
     if observation.region is None or not observation.region.any():
         return np.zeros(2)
     zero = torch.zeros(6, dtype=torch.float64, device=code.device)
-    mask = forward(problem, code, zero, n_views=1, with_loss=False).masks[0]
-    mask = mask.detach().cpu().numpy().astype(bool)
+    rendered = forward(problem, code, zero, n_views=1, with_loss=False).masks[0]
+    mask = rendered.detach().cpu().numpy().astype(bool)
     if not mask.any():
         return np.zeros(2)
 

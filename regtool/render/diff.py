@@ -327,8 +327,11 @@ def _shade(gbuffer: GBuffer, normals: torch.Tensor | None, faces: torch.Tensor,
            device: torch.device) -> tuple[torch.Tensor, _Shading | None]:
     """Return the (C, H, W) image of `settings.image_type` and the shading cache (None for
     masks). normals: (V, 3) unit vertex normals (not needed for masks)."""
-    return _IMAGE_TYPE_SHADERS[settings.image_type][0](gbuffer, normals, faces, settings,
-                                                       dtype, device)
+    shader = _IMAGE_TYPE_SHADERS[settings.image_type][0]
+    if shader is _shade_mask:
+        return _shade_mask(gbuffer, normals, faces, settings, dtype, device)
+    assert normals is not None  # the callers compute the normals for every shaded image type
+    return shader(gbuffer, normals, faces, settings, dtype, device)
 
 
 def _rgb_rows(g: torch.Tensor, cache: _Shading, settings: DiffRenderSettings) -> torch.Tensor:
@@ -352,7 +355,9 @@ def _shading_rows(grad_image: torch.Tensor, cache: _Shading,
     g = grad_image.reshape(c, -1).index_select(1, cache.pixels).t()  # (M, C)
     if cache.unclamped is not None:
         g = g * cache.unclamped
-    return _IMAGE_TYPE_SHADERS[settings.image_type][1](g, cache, settings)
+    rows = _IMAGE_TYPE_SHADERS[settings.image_type][1]
+    assert rows is not None  # only the shaded image types (not masks) have a cache
+    return rows(g, cache, settings)
 
 
 # Per image type: (forward shading, backward dL/dn rows; None: no shading term).
@@ -490,12 +495,12 @@ def _vertex_gradients(field: torch.Tensor, gbuffer: GBuffer, vertices: torch.Ten
                                h, w)
         if occ is not None:
             f_in = f_in * (~occ)[:, None]
-    rows = torch.empty(pixels.shape[0], n_cols, dtype=torch.float32, device=dev)
-    _jacobian_t(f_in, gb["point"].index_select(0, pixels), camera, out=rows[:, :3])
+    grad_rows = torch.empty(pixels.shape[0], n_cols, dtype=torch.float32, device=dev)
+    _jacobian_t(f_in, gb["point"].index_select(0, pixels), camera, out=grad_rows[:, :3])
     if normal_rows is not None:
-        rows[:, 3:] = normal_rows
+        grad_rows[:, 3:] = normal_rows
     for k in range(3):
-        acc.index_add_(0, corners[k], rows * bary[:, k:k + 1])
+        acc.index_add_(0, corners[k], grad_rows * bary[:, k:k + 1])
     # Silhouette band: uncovered pixels take the surface point of the nearest covered pixel.
     rows, cols = (slice(0, h), slice(0, w)) if region is None else region
     band = (field[rows, cols] != 0).any(-1) & ~mask2d[rows, cols]

@@ -157,7 +157,7 @@ def _as_numpy(x) -> np.ndarray:
 class _GBufferPass:
     """GL state of the G-buffer pass in one context: created once, reused every frame."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         from OpenGL import GL
 
         self.program = self._link(GL)

@@ -179,6 +179,7 @@ def random_background(rng: np.random.Generator, height: int, width: int,
 
         big = zoom(small, (cell, cell, 1), order=1)[:height, :width]
         return np.clip(big + rng.normal(0, 0.03, big.shape), 0, 1).astype(np.float32)
+    assert images  # "image" is one of the kinds only when images are given
     img = images[int(rng.integers(len(images)))]
     h, w = img.shape[:2]
     if h < height or w < width:

@@ -74,10 +74,11 @@ def shapespace_from_meshes(canonical: tuple[np.ndarray, np.ndarray],
     cv, cf = np.asarray(cv, np.float64), np.asarray(cf, np.int64)
     rng = np.random.default_rng(seed)
     template = sample_surface(cv, cf, config.template_points, rng)
-    cpd_kwargs = dict(beta=config.beta, lambda_=config.lambda_, w=config.w,
-                      tolerance=config.tolerance, max_iterations=config.max_iterations,
-                      lowrank_threshold=config.lowrank_threshold,
-                      lowrank_rank=config.lowrank_rank)
+    cpd_kwargs: dict[str, Any] = dict(beta=config.beta, lambda_=config.lambda_, w=config.w,
+                                      tolerance=config.tolerance,
+                                      max_iterations=config.max_iterations,
+                                      lowrank_threshold=config.lowrank_threshold,
+                                      lowrank_rank=config.lowrank_rank)
     names = list(train)
     displacements, weights, per_instance, eval_points = [], [], [], {}
     kernel_at_vertices = None

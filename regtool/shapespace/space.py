@@ -240,7 +240,8 @@ class ShapeSpace:
 
         def writer(tmp: Path) -> None:
             with open(tmp, "wb") as fh:
-                np.savez(fh, **arrays)
+                # numpy's stub types **kwds as if they could bind allow_pickle: bool
+                np.savez(fh, **arrays)  # type: ignore[arg-type]
 
         write_atomic(path, writer)
         sidecar = dict(meta)
@@ -284,12 +285,13 @@ class ShapeSpace:
             msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             raise ArtifactError(f"shape space {path} is corrupted or unreadable: {msg}") from exc
         try:
+            typed: dict[str, Any] = {
+                k: (v.astype(np.int64) if k == "faces" else v.astype(np.float64))
+                for k, v in arrays.items()}
             space = cls(category=str(meta["category"]), units=str(meta["units"]),
                         train_names=tuple(str(n) for n in meta["train_names"]),
                         basis_kind=str(meta["basis_kind"]), cpd_params=dict(meta["cpd_params"]),
-                        input_hashes=dict(meta["input_hashes"]), version=version,
-                        **{k: (v.astype(np.int64) if k == "faces" else v.astype(np.float64))
-                           for k, v in arrays.items()})
+                        input_hashes=dict(meta["input_hashes"]), version=version, **typed)
         except (KeyError, TypeError, ValueError) as exc:
             raise ArtifactError(f"shape space {path} has malformed metadata: {exc}") from exc
         problem = space.consistency_problem()
@@ -348,6 +350,8 @@ def pca_shape_space(*, category: str, units: str, canonical_vertices: np.ndarray
     if basis_kind == "displacement":
         data = displacements.reshape(n, -1)
     elif basis_kind == "weights":
+        if weights is None or kernel_at_vertices is None:
+            raise ValueError("basis kind 'weights' needs weights and kernel_at_vertices")
         data = weights.reshape(n, -1)
     else:
         raise ValueError(f"unknown basis kind {basis_kind!r}")
@@ -357,6 +361,7 @@ def pca_shape_space(*, category: str, units: str, canonical_vertices: np.ndarray
         d0 = pca.mean_.reshape(v, 3)
         basis = pca.components_.reshape(k, v, 3)
     else:
+        assert weights is not None and kernel_at_vertices is not None  # checked above
         m = weights.shape[1]
         d0 = kernel_at_vertices @ pca.mean_.reshape(m, 3)
         basis = np.einsum("vm,kmc->kvc", kernel_at_vertices, pca.components_.reshape(k, m, 3))
