@@ -9,18 +9,22 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import dataclasses
 import errno
 import fcntl
 import hashlib
 import json
+import math
 import os
 import secrets
 import shutil
 import sys
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from regtool.errors import OutputError
 
@@ -384,3 +388,40 @@ def _remove_if_empty(path: Path, created: bool) -> None:
     if created:
         with contextlib.suppress(OSError):
             path.rmdir()
+
+
+# --- JSON ------------------------------------------------------------------------------------
+
+def to_jsonable(obj: Any) -> Any:
+    """Return `obj` as plain JSON types: numpy arrays/scalars and CPU tensors -> lists/numbers,
+    tuples -> lists,
+    Paths -> str, dataclasses -> dicts, objects with a `to_dict()` (Pose, CameraIntrinsics)
+    via it; non-finite floats (NaN, inf: e.g. a diverged loss) -> None, since JSON has no NaN."""
+    if callable(getattr(obj, "to_dict", None)) and not isinstance(obj, Mapping):
+        return to_jsonable(obj.to_dict())
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return to_jsonable(dataclasses.asdict(obj))
+    if isinstance(obj, Mapping):
+        return {str(k): to_jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, np.ndarray):
+        return to_jsonable(obj.tolist())
+    if isinstance(obj, (list, tuple)):
+        return [to_jsonable(v) for v in obj]
+    if isinstance(obj, (bool, np.bool_)):
+        return bool(obj)
+    if isinstance(obj, (int, np.integer)):
+        return int(obj)
+    if isinstance(obj, (float, np.floating)):
+        return float(obj) if math.isfinite(obj) else None
+    if isinstance(obj, Path):
+        return str(obj)
+    if obj is None or isinstance(obj, str):
+        return obj
+    if hasattr(obj, "tolist"):  # torch tensors (detached) and similar
+        return to_jsonable(obj.tolist())
+    raise TypeError(f"cannot write {type(obj).__name__} to JSON")
+
+
+def json_bytes(obj: Any) -> bytes:
+    """Return `obj` (after `to_jsonable`) as indented UTF-8 JSON with a trailing newline."""
+    return (json.dumps(to_jsonable(obj), indent=2, allow_nan=False) + "\n").encode("utf-8")

@@ -35,7 +35,7 @@ import torch
 
 from regtool.config import load_config
 from regtool.data.dataset import load_category
-from regtool.data.manifest import UNITS_TO_METRES, read_manifest
+from regtool.data.manifest import read_manifest
 from regtool.evaluation.metrics import distance_stats, pose_error
 from regtool.evaluation.run import (
     instance_rng,
@@ -47,6 +47,7 @@ from regtool.evaluation.run import (
 )
 from regtool.features.compare import FeatureLoss
 from regtool.registration.pipeline import load_models, make_observation, run_registration
+from regtool.units import UNITS_TO_METRES
 
 SCRIPT_KEYS = ("noise_scale", "joint")
 

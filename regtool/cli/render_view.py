@@ -27,12 +27,12 @@ def render_view_command(
     import imageio.v3 as iio
     import numpy as np
 
-    from regtool.data.manifest import UNITS_TO_METRES
     from regtool.errors import RegistrationError
     from regtool.geometry.mesh import load_mesh
     from regtool.io import check_output_file, write_atomic
     from regtool.registration.inputs import read_camera, read_pose
     from regtool.render.shading import Material, random_background, render_shaded
+    from regtool.units import UNITS_TO_METRES
 
     with reported_errors(ctx):
         check_output_file(out)

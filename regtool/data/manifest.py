@@ -40,10 +40,10 @@ from pathlib import Path
 
 from regtool.errors import DatasetError
 from regtool.io import sha256_file
+from regtool.units import UNITS_TO_METRES
 
 FORMAT = "regtool-dataset"
 VERSION = 1
-UNITS_TO_METRES = {"m": 1.0, "cm": 0.01, "mm": 0.001}
 POINTS_SOURCES = ("file", "sampled")
 
 

@@ -41,8 +41,8 @@ from typing import Any
 
 import numpy as np
 
-from regtool.io import staged_output
-from regtool.registration.result import json_bytes, to_jsonable
+from regtool.io import json_bytes, staged_output, to_jsonable
+from regtool.units import REPORT_UNITS_TO_METRES
 
 
 @dataclass(frozen=True)
@@ -74,7 +74,7 @@ RATIOS: tuple[tuple[str, str], ...] = (
     ("latent_3d_noisy", "latent_3d_known"),
 )
 
-METRES_PER_UNIT = {"m": 1.0, "cm": 1e-2, "mm": 1e-3, "um": 1e-6}
+METRES_PER_UNIT = REPORT_UNITS_TO_METRES
 UNIT_LABEL = {"m": "m", "cm": "cm", "mm": "mm", "um": "µm"}
 DECIMALS = {"m": 5, "cm": 3, "mm": 2, "um": 1}
 

@@ -25,8 +25,8 @@ import numpy as np
 import torch
 
 from regtool.config import Config
-from regtool.data.manifest import UNITS_TO_METRES
 from regtool.geometry.camera import CameraIntrinsics, Pose
+from regtool.units import UNITS_TO_METRES
 
 
 @dataclass(frozen=True)

@@ -149,7 +149,7 @@ def load_view_meshes(dataset_root: Path, categories: list[str]
     """Return (training meshes, test meshes) of `categories` as ViewMesh with 1-based labels in
     the order of `categories`; DatasetError if a category is missing or has no training mesh."""
     from regtool.data.dataset import load_category
-    from regtool.data.manifest import UNITS_TO_METRES
+    from regtool.units import UNITS_TO_METRES
 
     train, test = [], []
     for label, name in enumerate(categories, start=1):

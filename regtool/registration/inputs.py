@@ -49,9 +49,9 @@ import numpy as np
 
 from regtool.errors import RegistrationError
 from regtool.geometry.camera import CameraIntrinsics, Pose, read_json_file
+from regtool.units import UNITS_TO_METRES
 
-# Metres per unit, for the length units accepted in input files.
-LENGTH_UNITS = {"m": 1.0, "cm": 0.01, "mm": 0.001}
+LENGTH_UNITS = UNITS_TO_METRES  # metres per unit of the length units of input files
 POSE_FRAME = "object_to_camera_opencv"
 
 

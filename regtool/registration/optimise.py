@@ -446,7 +446,7 @@ def _scales(space, device: torch.device) -> tuple[torch.Tensor, float, float]:
     """Return (std (k,): the square roots of the shape space's explained variances, unit:
     shape-space units -> metres, radius: the canonical's largest distance from its centroid in
     metres)."""
-    from regtool.data.manifest import UNITS_TO_METRES
+    from regtool.units import UNITS_TO_METRES
 
     std = torch.as_tensor(np.sqrt(np.maximum(space.explained_variance, 1e-20)),
                           dtype=torch.float64, device=device)

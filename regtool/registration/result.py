@@ -22,9 +22,6 @@ output folder are left alone.
 
 from __future__ import annotations
 
-import dataclasses
-import json
-import math
 import platform
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -38,7 +35,7 @@ from scipy import ndimage
 from regtool.errors import RegistrationError
 from regtool.geometry.camera import CameraIntrinsics, Pose
 from regtool.geometry.mesh import save_mesh, validate_mesh
-from regtool.io import staged_output
+from regtool.io import json_bytes, staged_output, to_jsonable
 
 OBSERVED_OUTLINE_RGB = (0, 255, 0)  # green: silhouette of the observed (segmented) object
 RENDERED_OUTLINE_RGB = (255, 0, 255)  # magenta: silhouette of the final rendering
@@ -51,41 +48,6 @@ OPTIMISATION_GIF = "optimisation.gif"
 
 
 # --- JSON helpers ----------------------------------------------------------------------------
-
-def to_jsonable(obj: Any) -> Any:
-    """Return `obj` as plain JSON types: numpy arrays/scalars and CPU tensors -> lists/numbers,
-    tuples -> lists,
-    Paths -> str, dataclasses -> dicts, Pose/CameraIntrinsics via `to_dict`; non-finite floats
-    (NaN, inf: e.g. a diverged loss) -> None, since JSON has no NaN."""
-    if isinstance(obj, (Pose, CameraIntrinsics)):
-        return to_jsonable(obj.to_dict())
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return to_jsonable(dataclasses.asdict(obj))
-    if isinstance(obj, Mapping):
-        return {str(k): to_jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, np.ndarray):
-        return to_jsonable(obj.tolist())
-    if isinstance(obj, (list, tuple)):
-        return [to_jsonable(v) for v in obj]
-    if isinstance(obj, (bool, np.bool_)):
-        return bool(obj)
-    if isinstance(obj, (int, np.integer)):
-        return int(obj)
-    if isinstance(obj, (float, np.floating)):
-        return float(obj) if math.isfinite(obj) else None
-    if isinstance(obj, Path):
-        return str(obj)
-    if obj is None or isinstance(obj, str):
-        return obj
-    if hasattr(obj, "tolist"):  # torch tensors (detached) and similar
-        return to_jsonable(obj.tolist())
-    raise TypeError(f"cannot write {type(obj).__name__} to JSON")
-
-
-def json_bytes(obj: Any) -> bytes:
-    """Return `obj` (after `to_jsonable`) as indented UTF-8 JSON with a trailing newline."""
-    return (json.dumps(to_jsonable(obj), indent=2, allow_nan=False) + "\n").encode("utf-8")
-
 
 def software_versions(gl_renderer: str | None = None) -> dict[str, str | None]:
     """Return {"regtool", "torch", "numpy", "python", "gl_renderer"} version strings; the GL

@@ -15,9 +15,10 @@ from typer.testing import CliRunner
 
 from regtool.cli import app
 from regtool.data.importer import import_dataset, medoid, repair_mesh
-from regtool.data.manifest import UNITS_TO_METRES, read_manifest, verify_dataset
+from regtool.data.manifest import read_manifest, verify_dataset
 from regtool.errors import DatasetError, MeshError, OutputError
 from regtool.geometry.mesh import load_mesh, load_points
+from regtool.units import UNITS_TO_METRES
 
 runner = CliRunner()
 SHIFT_MM = np.array([60.0, 0.0, 80.0])  # 10 cm

@@ -277,7 +277,7 @@ def test_real_renderings_end_to_end(tmp_path, repo_root):
 def test_to_jsonable_types():
     import torch
 
-    from regtool.registration.result import json_bytes, to_jsonable
+    from regtool.io import json_bytes, to_jsonable
 
     data = {"a": np.float32(1.5), "b": np.arange(3), "c": (1, 2), "d": torch.tensor([0.5, 1.0]),
             "e": float("inf"), "f": pathlib.Path("x/y"), "g": np.bool_(True),
