@@ -82,16 +82,17 @@ class ShapeSpaceConfig:
 class RenderConfig:
     """Image size and the observing camera used by dataset rendering, training and evaluation."""
 
-    width: int = _f(160, 8, 8192, unit="px", doc="image width of renderings (make-dataset's "
-                    "contact sheets, register's renderer settings)")
-    height: int = _f(120, 8, 8192, unit="px", doc="image height of renderings")
+    width: int = _f(160, 8, 8192, unit="px", doc="image width of evaluation observations when "
+                    "the U-Net checkpoint records no training size (evaluate renders at the "
+                    "U-Net's size); scripts/bench_register.py's image width")
+    height: int = _f(120, 8, 8192, unit="px", doc="image height, as width")
     fov_y_deg: float = _f(40.0, 1.0, 170.0, unit="deg",
                           doc="vertical field of view of the training and evaluation camera")
     distance: float = _f(0.6, 0.01, 100.0, unit="m",
                          doc="working distance from the camera to the object origin")
     image_type: str = _f("rgb", choices=("rgb", "normals", "mask"),
-                         doc="image type of the differentiable renderer; register always "
-                         "renders rgb")
+                         doc="image type of DiffRenderSettings.from_config; register and "
+                         "evaluate always render rgb, so it has no effect on them")
     silhouette_dilation: int = _f(2, 0, 32, unit="px", doc="the differentiable renderer's "
                                   "band outside the silhouette that takes the nearest surface "
                                   "point, so edges move")
