@@ -137,14 +137,17 @@ ConfigOption = typer.Option(None, "--config", "-c", help="TOML config layered on
 
 @contextlib.contextmanager
 def progress_bar(description: str, total: int | None) -> Iterator[Callable[..., None]]:
-    """Yield `advance(n=1, text=None)` driving a rich progress bar (shown on stderr)."""
+    """Yield `advance(n=1, text=None, total=None)` driving a rich progress bar (shown on
+    stderr); `total` sets the number of steps once it is known."""
     columns = [SpinnerColumn(), TextColumn("[bold]{task.description}"), BarColumn(),
                MofNCompleteColumn(), TextColumn("{task.fields[info]}"), TimeElapsedColumn(),
                TimeRemainingColumn()]
     with Progress(*columns, console=Console(stderr=True), transient=True) as progress:
         task = progress.add_task(description, total=total, info="")
 
-        def advance(n: int = 1, text: str | None = None) -> None:
+        def advance(n: int = 1, text: str | None = None, total: int | None = None) -> None:
+            if total is not None:
+                progress.update(task, total=total)
             progress.update(task, advance=n, info=text or "")
 
         yield advance

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Optional
 
@@ -34,7 +33,7 @@ def build_shapespace_command(
     """Learn a category's latent shape space: CPD canonical -> each training mesh, PCA over
     the displacement fields; writes the .npz artifact and a .json report."""
     from regtool.device import resolve_device
-    from regtool.shapespace.build import build_from_category, load_training_data
+    from regtool.shapespace.build import build_shapespace
 
     with reported_errors(ctx):
         cfg = command_config(ctx, config, {"shapespace": {"latent_dim": latent_dim}}).shapespace
@@ -42,14 +41,10 @@ def build_shapespace_command(
         out_path = out if out is not None else Path("runs") / category / "shapespace.npz"
         if out_path.suffix != ".npz":
             out_path = out_path.with_suffix(".npz")
-        t0 = time.perf_counter()
-        data = load_training_data(dataset, category)
-        t_load = time.perf_counter() - t0
-        with progress_bar(f"CPD {category}", len(data.train)) as advance:
-            space, report = build_from_category(data, cfg, opts.seed, resolve_device(opts.device),
-                                                progress=lambda name: advance(1, name))
-        report["dataset"] = str(dataset)
-        report["timings"]["load_s"] = round(t_load, 3)
+        with progress_bar(f"CPD {category}", None) as advance:
+            space, report = build_shapespace(
+                dataset, category, cfg, opts.seed, resolve_device(opts.device),
+                progress=lambda name, done, total: advance(1, name, total))
         for warning in report["warnings"]:
             err_console.print(f"[yellow]warning:[/yellow] {warning}")
         path = space.save(out_path, report)

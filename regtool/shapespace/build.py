@@ -18,7 +18,8 @@ from regtool.geometry.mesh import validate_mesh
 from regtool.shapespace.cpd import gaussian_kernel, nonrigid_cpd, to_numpy
 from regtool.shapespace.space import ShapeSpace, pca_shape_space
 
-Progress = Callable[[str], None]
+# progress(name, done, total): called after each training instance's CPD fit.
+Progress = Callable[[str, int, int], None]
 
 METRIC = ("mean L2 distance from points sampled on the instance's surface to the nearest vertex "
           "of the mesh (the paper's Table 1 metric)")
@@ -83,7 +84,7 @@ def shapespace_from_meshes(canonical: tuple[np.ndarray, np.ndarray],
     displacements, weights, per_instance, eval_points = [], [], [], {}
     kernel_at_vertices = None
     t_cpd = 0.0
-    for name in names:
+    for done, name in enumerate(names, start=1):
         v, f = (np.asarray(train[name][0], np.float64), np.asarray(train[name][1], np.int64))
         target = sample_surface(v, f, config.target_points, rng)
         eval_points[name] = sample_surface(v, f, config.report_points, rng)
@@ -101,7 +102,7 @@ def shapespace_from_meshes(canonical: tuple[np.ndarray, np.ndarray],
                              "cpd_converged": res.converged, "cpd_sigma": res.sigma2 ** 0.5,
                              "cpd_lowrank": res.lowrank, "cpd_seconds": round(dt, 3)})
         if progress is not None:
-            progress(name)
+            progress(name, done, len(train))
     t0 = time.perf_counter()
     params = {**cpd_kwargs, "template_points": config.template_points,
               "target_points": config.target_points, "normalisation":
@@ -183,8 +184,8 @@ def build_shapespace(dataset_root: Path, category: str, config: ShapeSpaceConfig
 
     The dataset is verified against its manifest (DatasetError if the category is missing, has
     fewer than 2 training meshes, or a file does not match); meshes are validated (MeshError for
-    empty, degenerate or non-finite ones). `progress(name)` is called after each training
-    instance. Units are the dataset's.
+    empty, degenerate or non-finite ones). `progress(name, done, total)` is called after each
+    training instance. Units are the dataset's.
     """
     t0 = time.perf_counter()
     data = load_training_data(dataset_root, category)
