@@ -27,11 +27,11 @@ def render_view_command(
     import imageio.v3 as iio
     import numpy as np
 
-    from regtool.errors import RegistrationError
+    from regtool.errors import RenderError
     from regtool.geometry.mesh import load_mesh
     from regtool.io import check_output_file, write_atomic
     from regtool.registration.inputs import read_camera, read_pose
-    from regtool.render.shading import Material, random_background, render_shaded
+    from regtool.render.shading import parse_colour, render_view
     from regtool.units import UNITS_TO_METRES
 
     with reported_errors(ctx):
@@ -39,28 +39,15 @@ def render_view_command(
         if mask_out is not None:
             check_output_file(mask_out)
         if units not in UNITS_TO_METRES:
-            raise RegistrationError(f"--units must be one of {', '.join(UNITS_TO_METRES)}")
+            raise RenderError(f"--units must be one of {', '.join(UNITS_TO_METRES)}")
+        rgb = None if color is None else parse_colour(color)
         m = load_mesh(mesh)
-        cam, p = read_camera(camera), read_pose(pose)
-        rng = np.random.default_rng(options(ctx).seed)
-        if color is None:
-            rgb = tuple(rng.uniform(0.15, 0.9, 3).tolist())
-        else:
-            try:
-                rgb = tuple(float(x) for x in color.split(","))
-            except ValueError:
-                rgb = ()
-            if len(rgb) != 3 or not all(0.0 <= x <= 1.0 for x in rgb):
-                raise RegistrationError(f"--color must be three numbers in [0, 1], got {color}")
-        shaded = render_shaded(np.asarray(m.vertices) * UNITS_TO_METRES[units], m.faces, p, cam,
-                               material=Material(rgb, 0.1, 0.6),
-                               background=random_background(rng, cam.height, cam.width))
-        if not shaded.mask.any():
-            raise RegistrationError("the mesh is not visible with this camera and pose")
+        shaded = render_view(m.vertices, m.faces, UNITS_TO_METRES[units], read_pose(pose),
+                             read_camera(camera), rgb, options(ctx).seed)
         image = (shaded.rgb * 255).round().astype(np.uint8)
         write_atomic(out, lambda tmp: iio.imwrite(tmp, image, extension=".png"))
         if mask_out is not None:
             mask = shaded.mask.astype(np.uint8) * 255
             write_atomic(mask_out, lambda tmp: iio.imwrite(tmp, mask, extension=".png"))
-        console.print(f"wrote {out} ({cam.width}x{cam.height}, {int(shaded.mask.sum())} object "
-                      f"pixels)")
+        console.print(f"wrote {out} ({image.shape[1]}x{image.shape[0]}, "
+                      f"{int(shaded.mask.sum())} object pixels)")

@@ -190,3 +190,30 @@ def random_background(rng: np.random.Generator, height: int, width: int,
         h, w = img.shape[:2]
     y0, x0 = int(rng.integers(0, h - height + 1)), int(rng.integers(0, w - width + 1))
     return img[y0:y0 + height, x0:x0 + width].astype(np.float32)
+
+
+def parse_colour(text: str) -> tuple[float, float, float]:
+    """Return the RGB triple of "r,g,b" (each in [0, 1]); RenderError otherwise."""
+    try:
+        rgb = tuple(float(x) for x in text.split(","))
+    except ValueError:
+        rgb = ()
+    if len(rgb) != 3 or not all(0.0 <= x <= 1.0 for x in rgb):
+        raise RenderError(f"--color must be three numbers in [0, 1], got {text}")
+    return (rgb[0], rgb[1], rgb[2])
+
+
+def render_view(vertices: np.ndarray, faces: np.ndarray, units_to_metres: float, pose: Pose,
+                camera: CameraIntrinsics, colour: tuple[float, float, float] | None,
+                seed: int) -> ShadedImage:
+    """Return a photo-like view of a mesh (vertices (V, 3) in its units, scaled to metres by
+    `units_to_metres`; faces (F, 3)) over a random background, in `colour` (RGB in [0, 1]; None:
+    random), both drawn from `seed`; RenderError if no pixel shows the mesh."""
+    rng = np.random.default_rng(seed)
+    rgb = tuple(rng.uniform(0.15, 0.9, 3).tolist()) if colour is None else colour
+    shaded = render_shaded(np.asarray(vertices) * units_to_metres, faces, pose, camera,
+                           material=Material(rgb, 0.1, 0.6),
+                           background=random_background(rng, camera.height, camera.width))
+    if not shaded.mask.any():
+        raise RenderError("the mesh is not visible with this camera and pose")
+    return shaded
