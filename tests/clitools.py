@@ -24,3 +24,17 @@ def config_toml(cfg: Config) -> str:
         lines.append(f"[{section}]")
         lines += [f"{k} = {json.dumps(v)}" for k, v in values.items()]
     return "\n".join(lines) + "\n"
+
+
+# The tests' tiny U-Net: 128x96 views, 6 base channels, depth 3, 12 feature channels.
+TINY_UNET = {"base_channels": 6, "depth": 3, "feature_channels": 12, "image_width": 128,
+             "image_height": 96, "steps": 400, "batch_size": 4, "learning_rate": 0.003,
+             "val_views": 8, "val_every": 100, "checkpoint_every": 100, "render_workers": 1}
+
+
+def tiny_config_text(**unet_overrides) -> str:
+    """Return the TOML text of the tiny U-Net config, [unet] keys replaced by `unet_overrides`."""
+    unet = {**TINY_UNET, **unet_overrides}
+    lines = ["[render]", "width = 128", "height = 96", "", "[unet]"]
+    lines += [f"{k} = {json.dumps(v)}" for k, v in unet.items()]
+    return "\n".join(lines) + "\n"

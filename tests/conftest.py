@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from clitools import tiny_config_text
 
 from regtool.config import MakeDatasetConfig
 
@@ -25,25 +26,7 @@ def repo_root() -> Path:
     return Path(__file__).resolve().parents[1]
 
 
-TINY_CONFIG = """
-[render]
-width = 128
-height = 96
-
-[unet]
-base_channels = 6
-depth = 3
-feature_channels = 12
-image_width = 128
-image_height = 96
-steps = 400
-batch_size = 4
-learning_rate = 0.003
-val_views = 8
-val_every = 100
-checkpoint_every = 100
-render_workers = 1
-"""
+TINY_CONFIG = tiny_config_text()
 
 
 @pytest.fixture(scope="session")

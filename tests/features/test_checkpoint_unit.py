@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
+from clitools import tiny_config_text
 
 import regtool.features.train as train_mod
 from regtool.config import load_config
@@ -33,26 +34,8 @@ from regtool.io import sha256_file
 
 pytestmark = pytest.mark.gl
 
-KILL_CONFIG = """
-[render]
-width = 128
-height = 96
-
-[unet]
-base_channels = 6
-depth = 3
-feature_channels = 12
-image_width = 128
-image_height = 96
-steps = 8
-batch_size = 4
-learning_rate = 0.003
-val_views = 2
-val_every = 2
-checkpoint_every = 2
-render_workers = 0
-train_threads = 1
-"""
+KILL_CONFIG = tiny_config_text(steps=8, val_views=2, val_every=2, checkpoint_every=2,
+                               render_workers=0, train_threads=1)
 
 
 class Killed(BaseException):
