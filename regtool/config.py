@@ -77,25 +77,45 @@ class ShapeSpaceConfig:
     report_points: int = _f(2000, 10, 1_000_000,
                             doc="surface points per instance for the report's distances")
 
+    def cpd_kwargs(self) -> dict[str, Any]:
+        """Return the keyword arguments of `shapespace.cpd.nonrigid_cpd` this config sets."""
+        return dict(beta=self.beta, lambda_=self.lambda_, w=self.w, tolerance=self.tolerance,
+                    max_iterations=self.max_iterations,
+                    lowrank_threshold=self.lowrank_threshold, lowrank_rank=self.lowrank_rank)
+
 
 @dataclass(frozen=True)
 class RenderConfig:
-    """Image size and the observing camera used by dataset rendering, training and evaluation."""
+    """The observing camera of dataset rendering, training and evaluation, and the shading and
+    backward of the differentiable renderer (register, evaluate). Image sizes are the U-Net's
+    (`unet.image_width`, `unet.image_height`): evaluate renders its observations at the size the
+    U-Net was trained at, register takes the image's own size."""
 
-    width: int = _f(160, 8, 8192, unit="px", doc="image width of evaluation observations when "
-                    "the U-Net checkpoint records no training size (evaluate renders at the "
-                    "U-Net's size); scripts/bench_register.py's image width")
-    height: int = _f(120, 8, 8192, unit="px", doc="image height, as width")
     fov_y_deg: float = _f(40.0, 1.0, 170.0, unit="deg",
                           doc="vertical field of view of the training and evaluation camera")
     distance: float = _f(0.6, 0.01, 100.0, unit="m",
                          doc="working distance from the camera to the object origin")
-    image_type: str = _f("rgb", choices=("rgb", "normals", "mask"),
-                         doc="image type of DiffRenderSettings.from_config; register and "
-                         "evaluate always render rgb, so it has no effect on them")
     silhouette_dilation: int = _f(2, 0, 32, unit="px", doc="the differentiable renderer's "
                                   "band outside the silhouette that takes the nearest surface "
                                   "point, so edges move")
+    light_direction: tuple[float, ...] = _f((0.3, 0.5, 1.0), -1e3, 1e3, doc="direction the "
+                                            "differentiable renderer's light travels (OpenCV "
+                                            "camera frame: x right, y down, z forward)")
+    albedo: tuple[float, ...] = _f((0.7, 0.7, 0.72), 0.0, 1.0,
+                                   doc="RGB albedo of the rendered canonical")
+    ambient: float = _f(0.3, 0.0, 1.0, doc="ambient share of the rendered shading")
+    diffuse: float = _f(0.7, 0.0, 1.0, doc="diffuse (Lambert) share of the rendered shading")
+    occlusion_tolerance: float = _f(0.01, 0.0, 0.99, unit="fraction of depth",
+                                    doc="relative depth step above which a neighbouring pixel "
+                                    "counts as a closer surface (no gradient at that pixel)")
+
+    def __post_init__(self) -> None:
+        if len(self.light_direction) != 3 or not any(self.light_direction):
+            raise ConfigError(f"config key 'render.light_direction' must be a non-zero 3-vector, "
+                              f"got {list(self.light_direction)}")
+        if len(self.albedo) != 3:
+            raise ConfigError(f"config key 'render.albedo' must be 3 numbers (RGB), "
+                              f"got {list(self.albedo)}")
 
 
 @dataclass(frozen=True)
@@ -113,6 +133,7 @@ class UNetConfig:
     batch_size: int = _f(8, 1, 4096, doc="views per step")
     learning_rate: float = _f(2e-3, 1e-8, 10.0, doc="AdamW's peak learning rate (linear "
                               "warm-up over 5 % of the steps, then cosine decay to 2 %)")
+    weight_decay: float = _f(1e-4, 0.0, 1.0, doc="AdamW's weight decay")
     val_views: int = _f(32, 1, 100_000, doc="validation views (and views of the test meshes)")
     val_every: int = _f(100, 1, 10_000_000, unit="steps", doc="validation interval")
     checkpoint_every: int = _f(100, 1, 10_000_000, unit="steps", doc="checkpoint interval")
@@ -148,6 +169,8 @@ class RegisterConfig:
                                doc="stop after this many iterations without improvement")
     plateau_tolerance: float = _f(1e-4, 0.0, 1.0, unit="fraction",
                                   doc="relative loss decrease that counts as improvement")
+    divergence_factor: float = _f(10.0, 1.0, 1e6, doc="a descent stops as diverged when the "
+                                  "loss exceeds this many times its first value")
     loss: str = _f("features+mask", choices=("features", "rgb", "mask", "features+mask"),
                    doc="image comparison: the paper's aggregated features, plus the U-Net's "
                    "object probability (default), the probability alone, or RGB")
@@ -182,6 +205,16 @@ class EvaluateConfig:
     pose_noise_deg: float = _f(15.0, 0.0, 180.0, unit="deg",
                                doc="pose noise: rotation uniform in [-a, a] about each axis")
     noise_draws: int = _f(3, 1, 1000, doc="pose-noise draws per test instance")
+    elevation_deg: tuple[float, ...] = _f((10.0, 40.0), -90.0, 90.0, unit="deg",
+                                          doc="[low, high]: the observing camera's elevation "
+                                          "above the object's xy-plane, uniform in the range")
+    fit_iterations: int = _f(50, 1, 100_000, doc="iterations of the 3D baselines' latent fit "
+                             "to the test points (shapespace.fit.fit_points)")
+
+    def __post_init__(self) -> None:
+        if len(self.elevation_deg) != 2 or self.elevation_deg[0] > self.elevation_deg[1]:
+            raise ConfigError(f"config key 'evaluate.elevation_deg' must be [low, high] with "
+                              f"low <= high, got {list(self.elevation_deg)}")
     workers: int = _f(0, 0, 256, doc="parallel processes; 0: one per available core")
 
 

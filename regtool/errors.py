@@ -36,6 +36,14 @@ class GLContextError(RegtoolError):
     """No headless OpenGL context could be created."""
 
 
+class GeometryError(RegtoolError):
+    """A camera, pose or other geometric quantity is missing, malformed or not physical."""
+
+
+class FeatureError(RegtoolError):
+    """Bad input to the U-Net or the image comparison (shapes, pixel range, unknown kind)."""
+
+
 class RenderError(RegtoolError):
     """Bad input to the renderer (shapes, indices, non-finite values, image size)."""
 

@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from regtool.errors import OutputError
+from regtool.errors import OutputError, RegtoolError
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
@@ -425,3 +425,21 @@ def to_jsonable(obj: Any) -> Any:
 def json_bytes(obj: Any) -> bytes:
     """Return `obj` (after `to_jsonable`) as indented UTF-8 JSON with a trailing newline."""
     return (json.dumps(to_jsonable(obj), indent=2, allow_nan=False) + "\n").encode("utf-8")
+
+
+def read_json(path: Path, what: str, error: type[RegtoolError]) -> dict[str, Any]:
+    """Return the JSON object in the file `path`; `error` (the caller's layer's error class),
+    naming `what` and the file, if it is missing, unreadable, not UTF-8 JSON or not an object.
+    The one JSON reader of regtool."""
+    path = Path(path)
+    if not path.is_file():
+        raise error(f"{what} file not found: {path}")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise error(f"{what} file {path} is not valid JSON: {exc}") from exc
+    except OSError as exc:
+        raise error(f"cannot read {what} file {path}: {exc.strerror or exc}") from exc
+    if not isinstance(data, dict):
+        raise error(f"{what} file {path} must hold a JSON object")
+    return data

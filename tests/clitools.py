@@ -35,6 +35,6 @@ TINY_UNET = {"base_channels": 6, "depth": 3, "feature_channels": 12, "image_widt
 def tiny_config_text(**unet_overrides) -> str:
     """Return the TOML text of the tiny U-Net config, [unet] keys replaced by `unet_overrides`."""
     unet = {**TINY_UNET, **unet_overrides}
-    lines = ["[render]", "width = 128", "height = 96", "", "[unet]"]
+    lines = ["[unet]"]
     lines += [f"{k} = {json.dumps(v)}" for k, v in unet.items()]
     return "\n".join(lines) + "\n"

@@ -24,7 +24,7 @@ def test_gpu_profile_is_the_papers_network():
     gpu = load_config(profile="gpu")
     assert gpu.unet.feature_channels == 64  # StilllebenDR's feature map
     assert (gpu.unet.image_width, gpu.unet.image_height) == (320, 240)
-    assert (gpu.render.width, gpu.render.height) == (320, 240)
+    assert gpu.render == Config().render  # images take the U-Net's size (no second size key)
     assert gpu.unet.steps > Config().unet.steps
     assert gpu.register == Config().register  # only the network and the image size differ
     assert load_config(profile="cpu") == Config()
@@ -117,3 +117,32 @@ def test_ci_runs_exactly_the_readmes_test_command(repo_root):
     ci = (repo_root / ".ci" / "run").read_text(encoding="utf-8").strip().splitlines()[-1]
     assert ci.startswith("bash scripts/setup.sh && ")
     assert f"```bash\n{ci}\n```" in readme
+
+
+@pytest.mark.parametrize("section, key, value, match", [
+    ("render", "light_direction", [0.0, 0.0, 0.0], "non-zero 3-vector"),
+    ("render", "light_direction", [1.0, 0.0], "non-zero 3-vector"),
+    ("render", "albedo", [0.5, 0.5], "3 numbers"),
+    ("render", "albedo", [0.5, 0.5, 1.5], "<= 1.0"),
+    ("evaluate", "elevation_deg", [40.0, 10.0], "low <= high"),
+    ("evaluate", "elevation_deg", [10.0], "low <= high"),
+    ("register", "divergence_factor", 0.5, ">= 1.0"),
+    ("render", "image_type", "rgb", "unknown config key 'render.image_type'"),
+    ("render", "width", 160, "unknown config key 'render.width'"),
+])
+def test_formerly_hidden_knobs_are_validated(section, key, value, match):
+    with pytest.raises(ConfigError, match=match):
+        load_config(overrides={section: {key: value}})
+
+
+def test_renderer_settings_come_from_the_render_section():
+    from regtool.render.diff import DiffRenderSettings
+
+    render = load_config(overrides={"render": {"ambient": 0.2, "occlusion_tolerance": 0.05,
+                                               "light_direction": [0, 0, 1]}}).render
+    settings = DiffRenderSettings.from_config(render)
+    assert (settings.ambient, settings.occlusion_tolerance) == (0.2, 0.05)
+    assert settings.light_direction == (0.0, 0.0, 1.0)
+    # The built-in values are the renderer's own defaults: registration renders as before.
+    default = DiffRenderSettings.from_config(Config().render)
+    assert default == DiffRenderSettings()

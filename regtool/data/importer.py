@@ -126,7 +126,7 @@ def medoid(meshes: dict[str, trimesh.Trimesh], seed: int,
     """Return (name, {name: summed Chamfer distance to the others}) of the medoid of `meshes`
     under the symmetric Chamfer distance between `points` seeded surface samples per mesh; ties
     go to the first name in sorted order."""
-    from regtool.shapespace.build import sample_surface
+    from regtool.geometry.sampling import sample_surface
 
     names = sorted(meshes)
     rng = np.random.default_rng(seed)
@@ -290,7 +290,7 @@ def import_dataset(src: Path, category: str, out: Path, *, units: str = "m",
         m = meshes[name].mesh
         return trimesh.Trimesh(np.asarray(m.vertices) + offset, m.faces, process=False)
 
-    from regtool.shapespace.build import sample_surface
+    from regtool.geometry.sampling import sample_surface
 
     rng = np.random.default_rng(seed)
     with atomic_dir(out, overwrite=True) as tmp:

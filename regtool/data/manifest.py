@@ -33,13 +33,12 @@ Optional fields (written by `regtool import-dataset`; manifests without them sta
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from regtool.errors import DatasetError
-from regtool.io import sha256_file
+from regtool.io import read_json, sha256_file
 from regtool.units import UNITS_TO_METRES
 
 FORMAT = "regtool-dataset"
@@ -197,13 +196,7 @@ def read_manifest(path: Path) -> Manifest:
     path = Path(path)
     if path.is_dir():
         path = path / "manifest.json"
-    if not path.is_file():
-        raise DatasetError(f"dataset manifest not found: {path}")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise DatasetError(f"manifest {path} is not valid JSON: {exc}") from exc
-    return parse_manifest(data, str(path))
+    return parse_manifest(read_json(path, "dataset manifest", DatasetError), str(path))
 
 
 def verification_problems(root: Path, manifest: Manifest, check_hashes: bool = True,

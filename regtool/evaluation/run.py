@@ -47,17 +47,19 @@ class InstanceJob:
 def observation_camera(config: Config, image_size: tuple[int, int] | None = None
                        ) -> CameraIntrinsics:
     """Return the evaluation camera: `image_size` (W, H) — the U-Net's training size, so the
-    object appears at the scale the network learned — or the render section's size, with the
-    render section's vertical field of view."""
-    width, height = image_size or (config.render.width, config.render.height)
+    object appears at the scale the network learned — or the unet section's training size,
+    with the render section's vertical field of view."""
+    width, height = image_size or (config.unet.image_width, config.unet.image_height)
     return CameraIntrinsics.from_fov(int(width), int(height), config.render.fov_y_deg)
 
 
-def known_pose(rng: np.random.Generator, distance: float) -> Pose:
+def known_pose(rng: np.random.Generator, distance: float,
+               elevation_deg: tuple[float, ...] = (10.0, 40.0)) -> Pose:
     """Return a seeded viewpoint: camera on a sphere of radius `distance`, azimuth uniform,
-    elevation in [10, 40] degrees, looking at the object origin."""
+    elevation uniform in [low, high] = `elevation_deg` degrees, looking at the object origin."""
+    low, high = elevation_deg
     return Pose.look_at(distance, azimuth_deg=float(rng.uniform(0.0, 360.0)),
-                        elevation_deg=float(rng.uniform(10.0, 40.0)))
+                        elevation_deg=float(rng.uniform(low, high)))
 
 
 def pose_noise(rng: np.random.Generator, xy: float, degrees: float) -> np.ndarray:
@@ -87,13 +89,15 @@ def reference_seeds(rng: np.random.Generator) -> tuple[int, int]:
 
 
 def observe_instance(rng: np.random.Generator, mesh, scale: float, camera: CameraIntrinsics,
-                     distance: float) -> tuple[Pose, np.ndarray]:
+                     distance: float, elevation_deg: tuple[float, ...] = (10.0, 40.0)
+                     ) -> tuple[Pose, np.ndarray]:
     """Return (the true object -> camera pose in metres, the observed image (H, W, 3) float32
     RGB in [0, 1]): the test mesh (dataset units, `scale` to metres) rendered photo-like at a
-    seeded viewpoint at `distance` metres, in a random colour on a random background."""
+    seeded viewpoint at `distance` metres (`known_pose`), in a random colour on a random
+    background."""
     from regtool.render.shading import Material, random_background, render_shaded
 
-    pose = known_pose(rng, distance)
+    pose = known_pose(rng, distance, elevation_deg)
     background = random_background(rng, camera.height, camera.width)
     colour = tuple(rng.uniform(0.15, 0.9, 3).tolist())
     observed = render_shaded(np.asarray(mesh.vertices) * scale, np.asarray(mesh.faces), pose,
@@ -114,8 +118,10 @@ def evaluate_instance(job: InstanceJob) -> dict:
     from regtool.data.dataset import load_category
     from regtool.evaluation.metrics import pose_error
     from regtool.features.compare import FeatureLoss
+    from regtool.geometry.sampling import sample_surface
     from regtool.registration.pipeline import load_models, make_observation, run_registration
     from regtool.shapespace.cpd import nonrigid_cpd
+    from regtool.shapespace.fit import fit_points
 
     if job.threads > 0:
         torch.set_num_threads(job.threads)
@@ -134,26 +140,23 @@ def evaluate_instance(job: InstanceJob) -> dict:
     t0 = time.perf_counter()
     row["canonical"] = _stats(points, space.canonical_vertices)
     ss = cfg.shapespace
-    from regtool.shapespace.build import sample_surface
-
     template_seed, target_seed = reference_seeds(rng)
     template = sample_surface(space.canonical_vertices, space.faces, ss.template_points,
                               np.random.default_rng(template_seed))
     target = sample_surface(np.asarray(test.mesh.vertices), np.asarray(test.mesh.faces),
                             ss.target_points, np.random.default_rng(target_seed))
-    cpd = nonrigid_cpd(template, target, beta=ss.beta, lambda_=ss.lambda_, w=ss.w,
-                       tolerance=ss.tolerance, max_iterations=ss.max_iterations,
-                       lowrank_threshold=ss.lowrank_threshold, lowrank_rank=ss.lowrank_rank)
+    cpd = nonrigid_cpd(template, target, **ss.cpd_kwargs())
     field = cpd.field(space.canonical_vertices).cpu().numpy()
     row["cpd_3d"] = _stats(points, space.canonical_vertices + field)
     row["latent_gt"] = _stats(points, space.deform_numpy(space.project(field)))
-    fit = space.fit_points(points)
+    fit = fit_points(space, points, iterations=cfg.evaluate.fit_iterations)
     row["latent_3d_known"] = _stats(points, space.deform_numpy(fit.z))
     timings["references_3d"] = time.perf_counter() - t0
 
     # The observation: photo-like rendering at a seeded known pose.
     camera = observation_camera(cfg, unet_meta.get("image_size"))
-    pose_metres, observed = observe_instance(rng, test.mesh, scale, camera, cfg.render.distance)
+    pose_metres, observed = observe_instance(rng, test.mesh, scale, camera, cfg.render.distance,
+                                             cfg.evaluate.elevation_deg)
     feature_loss = FeatureLoss(unet, cfg.register.loss)
 
     def rgb_register(start: Pose, joint: bool) -> dict:
@@ -185,7 +188,8 @@ def evaluate_instance(job: InstanceJob) -> dict:
         noisy_rgb.append(rgb_register(perturb(pose_metres, noise), joint=True))
         # The same noise for the 3D fit: an object-frame perturbation of the initial pose.
         rot = Pose.identity().compose(noise[:3], noise[3:] / scale)
-        fit_noisy = space.fit_points(points, pose=rot, optimise_pose=True)
+        fit_noisy = fit_points(space, points, pose=rot, optimise_pose=True,
+                               iterations=cfg.evaluate.fit_iterations)
         noisy_3d.append(_stats(points, space.deform_numpy(fit_noisy.z)))
     timings["pose_noise"] = time.perf_counter() - t0
     row["rgb_noisy"] = mean_over_draws(noisy_rgb)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch
 
-from regtool.errors import RegistrationError
+from regtool.errors import FeatureError
 from regtool.features.unet import UNet
 
 KINDS = ("features", "rgb", "mask", "features+mask")
@@ -44,9 +44,9 @@ def aggregate(features: torch.Tensor) -> torch.Tensor:
 def _check_images(x: torch.Tensor, name: str) -> None:
     if not isinstance(x, torch.Tensor) or x.ndim != 4 or x.shape[1] != 3:
         shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
-        raise RegistrationError(f"{name} must be a (B, 3, H, W) tensor, got {shape}")
+        raise FeatureError(f"{name} must be a (B, 3, H, W) tensor, got {shape}")
     if not x.is_floating_point():
-        raise RegistrationError(f"{name} must be float RGB in [0, 1], got {x.dtype}")
+        raise FeatureError(f"{name} must be float RGB in [0, 1], got {x.dtype}")
 
 
 class FeatureLoss:
@@ -60,7 +60,7 @@ class FeatureLoss:
 
     def __init__(self, unet: UNet, kind: str = "features"):
         if kind not in KINDS:
-            raise RegistrationError(f"unknown image comparison '{kind}' "
+            raise FeatureError(f"unknown image comparison '{kind}' "
                                     f"(use one of {', '.join(KINDS)})")
         self.unet, self.kind = unet.eval(), kind
         for p in self.unet.parameters():
@@ -109,7 +109,7 @@ class FeatureLoss:
         _check_images(rendered, "rendered image")
         _check_images(observed, "observed image")
         if rendered.shape != observed.shape:
-            raise RegistrationError(f"rendered {tuple(rendered.shape)} and observed "
+            raise FeatureError(f"rendered {tuple(rendered.shape)} and observed "
                                     f"{tuple(observed.shape)} images differ in shape")
         target = self.observed_features(observed)
         mine = self._target(rendered.to(self.device, torch.float32))
@@ -120,7 +120,7 @@ class FeatureLoss:
             return diff2.mean()
         b, _, h, w = rendered.shape
         if region.shape != (b, 1, h, w):
-            raise RegistrationError(f"region must have shape ({b}, 1, {h}, {w}), "
+            raise FeatureError(f"region must have shape ({b}, 1, {h}, {w}), "
                                     f"got {tuple(region.shape)}")
         weight = region.to(self.device, diff2.dtype)[:, 0]
         return (weight * diff2).sum() / weight.sum().clamp_min(1.0)

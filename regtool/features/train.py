@@ -41,7 +41,7 @@ from regtool.features.views import (
     load_backgrounds,
     render_fixed_set,
 )
-from regtool.io import sha256_file, write_atomic, write_bytes_atomic, write_json_atomic
+from regtool.io import read_json, sha256_file, write_atomic, write_bytes_atomic, write_json_atomic
 
 Progress = Callable[[int, int, dict[str, float]], None]
 WARMUP_FRACTION = 0.05
@@ -100,7 +100,7 @@ def read_report(out: Path) -> dict[str, Any]:
     if path in stale:
         raise ArtifactError(f"{path} does not belong to the checkpoint {out} (missing, or left "
                             f"by an interrupted run); train again or --resume to rewrite it")
-    return json.loads(path.read_text(encoding="utf-8"))
+    return read_json(path, "metrics report", ArtifactError)
 
 
 def remove_leftover_temps(out: Path) -> list[Path]:
@@ -355,7 +355,8 @@ def _train_loop(dataset_root, cats, config, render, out, device, seed, blob, sam
     if blob:
         model = model_from_checkpoint(blob, str(out))
     model.to(device).train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=1e-4)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate,
+                                  weight_decay=config.weight_decay)
     if blob and blob.get("optimizer"):
         optimizer.load_state_dict(blob["optimizer"])
     old = blob["meta"] if blob else {}

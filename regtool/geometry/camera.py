@@ -13,15 +13,13 @@ A pose is object -> camera: X_cam = R @ X_obj + t.
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
 
-from regtool.errors import RegistrationError
+from regtool.errors import GeometryError
 
 # Rotation from the OpenCV camera frame to the GL camera frame (and back: it is its own inverse).
 CV_TO_GL = np.diag([1.0, -1.0, -1.0])
@@ -73,19 +71,19 @@ class CameraIntrinsics:
 
     @classmethod
     def from_dict(cls, data: dict, source: str = "camera") -> "CameraIntrinsics":
-        """Return intrinsics from a dict with fx, fy, cx, cy, width, height; RegistrationError
+        """Return intrinsics from a dict with fx, fy, cx, cy, width, height; GeometryError
         naming the field if one is missing, non-numeric, non-finite or non-positive."""
         values = {}
         for key in ("fx", "fy", "cx", "cy", "width", "height"):
             if key not in data:
-                raise RegistrationError(f"{source}: missing field '{key}'")
+                raise GeometryError(f"{source}: missing field '{key}'")
             values[key] = float(json_numbers(data[key], (), f"{source}: field '{key}'"))
         for key in ("fx", "fy", "width", "height"):
             if values[key] <= 0:
-                raise RegistrationError(f"{source}: field '{key}' must be positive")
+                raise GeometryError(f"{source}: field '{key}' must be positive")
         for key in ("width", "height"):
             if int(values[key]) != values[key]:
-                raise RegistrationError(f"{source}: field '{key}' must be an integer")
+                raise GeometryError(f"{source}: field '{key}' must be an integer")
         return cls(float(values["fx"]), float(values["fy"]), float(values["cx"]),
                    float(values["cy"]), int(values["width"]), int(values["height"]))
 
@@ -171,25 +169,25 @@ class Pose:
     @classmethod
     def from_dict(cls, data: dict, source: str = "pose") -> "Pose":
         """Return a pose from {"rotation": 3x3 | "rotvec": [3], "translation": [3]};
-        RegistrationError naming the field if missing, mis-shaped, non-finite or not a rotation."""
+        GeometryError naming the field if missing, mis-shaped, non-finite or not a rotation."""
         if "translation" not in data:
-            raise RegistrationError(f"{source}: missing field 'translation'")
+            raise GeometryError(f"{source}: missing field 'translation'")
         t = json_numbers(data["translation"], (3,), f"{source}: field 'translation'")
         if "rotation" in data:
             r = json_numbers(data["rotation"], (3, 3), f"{source}: field 'rotation'")
             if (np.abs(r.T @ r - np.eye(3)).max() > 1e-4 or np.linalg.det(r) < 0):
-                raise RegistrationError(f"{source}: field 'rotation' is not a rotation matrix")
+                raise GeometryError(f"{source}: field 'rotation' is not a rotation matrix")
         elif "rotvec" in data:
             rv = json_numbers(data["rotvec"], (3,), f"{source}: field 'rotvec'")
             r = axis_angle_to_matrix(torch.as_tensor(rv)).numpy()
         else:
-            raise RegistrationError(f"{source}: missing field 'rotation' (or 'rotvec')")
+            raise GeometryError(f"{source}: missing field 'rotation' (or 'rotvec')")
         return cls(r, t)
 
 
 def json_numbers(value, shape: tuple[int, ...], what: str) -> np.ndarray:
     """Return `value`, JSON numbers nested in lists of `shape` (`()`: one number), as a float64
-    array of that shape; RegistrationError naming `what` if it has another shape, holds anything
+    array of that shape; GeometryError naming `what` if it has another shape, holds anything
     but numbers (strings and booleans are refused, not converted) or a non-finite value (an
     integer too large for a float counts as infinite).
 
@@ -197,11 +195,11 @@ def json_numbers(value, shape: tuple[int, ...], what: str) -> np.ndarray:
     def walk(v, dims: tuple[int, ...]):
         if dims:
             if not isinstance(v, (list, tuple)) or len(v) != dims[0]:
-                raise RegistrationError(f"{what} must have shape {shape}, got {_short(value)}")
+                raise GeometryError(f"{what} must have shape {shape}, got {_short(value)}")
             return [walk(x, dims[1:]) for x in v]
         if isinstance(v, bool) or not isinstance(v, (int, float)):
             noun = "a finite number" if not shape else "numbers"
-            raise RegistrationError(f"{what} must be {noun}, got {_short(v)}")
+            raise GeometryError(f"{what} must be {noun}, got {_short(v)}")
         try:
             return float(v)
         except OverflowError:
@@ -209,7 +207,7 @@ def json_numbers(value, shape: tuple[int, ...], what: str) -> np.ndarray:
 
     arr = np.asarray(walk(value, tuple(shape)), dtype=np.float64).reshape(shape)
     if not np.isfinite(arr).all():
-        raise RegistrationError(f"{what} must be a finite number, got {_short(value)}"
+        raise GeometryError(f"{what} must be a finite number, got {_short(value)}"
                                 if not shape else f"{what} has non-finite values")
     return arr
 
@@ -218,17 +216,3 @@ def _short(value, limit: int = 40) -> str:
     """Return repr(value) cut to `limit` characters (a 400-digit number stays one line)."""
     text = repr(value)
     return text if len(text) <= limit else text[:limit - 3] + "..."
-
-
-def read_json_file(path: Path, what: str) -> dict:
-    """Return the JSON object in `path`; RegistrationError if missing or malformed."""
-    path = Path(path)
-    if not path.is_file():
-        raise RegistrationError(f"{what} file not found: {path}")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise RegistrationError(f"{what} file {path} is not valid JSON: {exc}") from exc
-    if not isinstance(data, dict):
-        raise RegistrationError(f"{what} file {path} must hold a JSON object")
-    return data

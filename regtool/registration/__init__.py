@@ -7,13 +7,18 @@ Map of the API (inputs -> outputs, in call order):
 * `pipeline` — the entry points: `load_models(shapespace, unet, device)`;
   `make_observation(image, camera, pose, feature_loss, dilation, mask)` -> `Observation` (the
   U-Net's object region when no mask is given); `run_registration(space, unet, observations,
-  config, device, joint, callback)` -> `RegistrationResult` (builds the image comparison and
-  the supersampled differentiable renderer, then calls `optimise.register`); `summary_line`.
+  config, device, joint, callback, callbacks)` -> `RegistrationResult` (builds the image
+  comparison and the supersampled differentiable renderer, attaches the GIF recorder
+  `figures.GifFrames` when config.register.gif, then calls `optimise.register`);
+  `summary_line`.
 * `optimise` — the optimisation itself: `Problem` (shape space, observations, loss, renderer,
   scales) and `forward(problem, code, pose increment)` -> `Rendering` (images, masks, loss), the
   one forward pass every stage uses; the stages `_initial_increment` (silhouette centring and
-  rotation grid), `_descend` (one SGD descent), `_code_search`, `_keep_better`; `register`, the
-  driver composing them. The backward comes from `regtool.render.diff`: a field producer
+  rotation grid), `_descend` (one SGD descent with `_ScaledSGD` steps), `_code_search`,
+  `_keep_better`; `register`, the driver composing them. Progress bars, GIF frames and logging
+  are callbacks: `register(..., callbacks=[...])` calls each with an `IterationEvent` (descent
+  index, the iteration's record, the renderings, the observations) after every loss
+  evaluation. The backward comes from `regtool.render.diff`: a field producer
   (`image_gradient_producer` by default) and `field_to_vertex_gradients`.
 * `result` — writing one result set atomically: `write_registration` (meshes, result.json,
   overlay.png, optimisation.gif); `figures` draws the labelled overlay and GIF frames.

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from functools import lru_cache
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
@@ -21,6 +22,9 @@ from regtool.registration.result import (
     overlay_image,
     to_uint8_rgb,
 )
+
+if TYPE_CHECKING:
+    from regtool.registration.optimise import IterationEvent
 
 MIN_PANEL_HEIGHT = 240  # pixels; a 160x120 observation is shown at 2x
 OUTLINE_THICKNESS = 2  # pixels, at the enlarged size
@@ -85,3 +89,27 @@ def overlay_figure(observed: np.ndarray, rendered: np.ndarray, rendered_mask: np
 def frame_caption(iteration: int, loss: float, pose_step: bool = False) -> str:
     """Return the GIF frame caption: iteration number and loss (and a pose-step marker)."""
     return f"iteration {iteration}  loss {loss:.5f}" + ("  (pose step)" if pose_step else "")
+
+
+class GifFrames:
+    """A `register` callback that draws, at every loss evaluation, the labelled overlay figure
+    of the first view (observation | rendering | outlines) captioned with the iteration and the
+    loss; `frames(descent)` returns one descent's frames (uint8 H x W x 3)."""
+
+    def __init__(self) -> None:
+        self._frames: dict[int, list[np.ndarray]] = {}
+
+    def __call__(self, event: IterationEvent) -> None:
+        image, mask = event.rendering.images[0], event.rendering.masks[0]
+        observation = event.observations[0]
+        rendered = image.detach().cpu().permute(1, 2, 0)[..., :3].numpy()
+        if rendered.shape[-1] == 1:
+            rendered = np.repeat(rendered, 3, axis=-1)
+        record = event.record
+        self._frames.setdefault(event.descent, []).append(overlay_figure(
+            observation.image, rendered, mask.detach().cpu().numpy() > 0, observation.mask,
+            frame_caption(record.iteration, record.loss, record.pose_step)))
+
+    def frames(self, descent: int) -> list[np.ndarray]:
+        """Return the frames drawn during descent `descent` ([] if none)."""
+        return list(self._frames.get(descent, []))

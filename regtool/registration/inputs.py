@@ -48,7 +48,8 @@ import imageio.v3 as iio
 import numpy as np
 
 from regtool.errors import RegistrationError
-from regtool.geometry.camera import CameraIntrinsics, Pose, read_json_file
+from regtool.geometry.camera import CameraIntrinsics, Pose
+from regtool.io import read_json
 from regtool.units import UNITS_TO_METRES
 
 LENGTH_UNITS = UNITS_TO_METRES  # metres per unit of the length units of input files
@@ -182,16 +183,18 @@ def read_mask(path: Path, size: tuple[int, int], resize: bool = False) -> np.nda
 
 def read_camera(path: Path) -> CameraIntrinsics:
     """Return the intrinsics in the camera JSON file `path` (format in the module docstring);
-    RegistrationError naming the file and field if missing, malformed or non-finite."""
-    data = read_json_file(path, "camera")
+    RegistrationError if the file is missing or not a JSON object, GeometryError naming the file
+    and field if a field is missing, malformed or non-finite."""
+    data = read_json(path, "camera", RegistrationError)
     return CameraIntrinsics.from_dict(data, source=f"camera {path}")
 
 
 def read_pose(path: Path, units: str = "m") -> Pose:
     """Return the object -> camera pose in the pose JSON file `path` (format in the module
-    docstring), translation converted to `units`; RegistrationError naming the file and field if
-    missing, malformed, non-finite, not a rotation, or in another frame / unknown unit."""
-    data = read_json_file(path, "pose")
+    docstring), translation converted to `units`; RegistrationError naming the file if missing,
+    not a JSON object, in another frame or of an unknown unit, GeometryError naming the field if
+    it is malformed, non-finite or not a rotation."""
+    data = read_json(path, "pose", RegistrationError)
     source = f"pose {path}"
     frame = data.get("frame", POSE_FRAME)
     if frame != POSE_FRAME:

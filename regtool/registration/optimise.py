@@ -26,13 +26,13 @@ pose-only iterations align the canonical (a shape optimised against a misaligned
 the misalignment) and the shape updates start from the best pose of the warm-up; after it the
 pose is updated once every `pose_every` shape updates; the whitened code stays within
 +/-`latent_bound` standard deviations. Stop at `iterations`, on a plateau, or on divergence (NaN
-or loss > 10x the first), keeping the best state seen.
+or loss > `divergence_factor` x the first), keeping the best state seen.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -68,11 +68,28 @@ class IterationRecord:
     seconds: float
 
 
+@dataclass(frozen=True)
+class IterationEvent:
+    """What a callback of `register` gets after every loss evaluation: the index of the descent
+    (0, or 1 for `start = "search"`'s second), the iteration's record, the forward pass just made
+    (the renderings of every view) and the observations it was compared with."""
+
+    descent: int
+    record: IterationRecord
+    rendering: "Rendering"
+    observations: list[Observation]
+
+
+# A callback of `register`: progress bars, GIF frames (`figures.GifFrames`), logging.
+Callback = Callable[[IterationEvent], None]
+
+
 @dataclass
 class RegistrationResult:
     """The outcome: best latent code `z` (k,), best poses (one per view), deformed vertices
     (M, 3) in the object frame (shape-space units), the per-iteration log, phase timings in
-    seconds, why it stopped, and GIF frames (uint8 H x W x 3) if requested."""
+    seconds, why it stopped, and GIF frames (uint8 H x W x 3) of the kept descent when a caller
+    recorded them (`pipeline.run_registration` with config.gif)."""
 
     z: np.ndarray
     poses: list[Pose]
@@ -88,6 +105,12 @@ class RegistrationResult:
     final_masks: list[np.ndarray] = field(default_factory=list)
     # One summary per descent (start, losses, stop reason); `history` is the kept descent's.
     descents: list[dict] = field(default_factory=list)
+
+    @property
+    def kept_descent(self) -> int:
+        """Return the index of the descent this result comes from (0 or 1)."""
+        kept = [i for i, d in enumerate(self.descents) if d.get("kept")]
+        return kept[0] if kept else 0
 
 
 def pose_increment_matrix(delta: torch.Tensor, radius: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -215,14 +238,15 @@ def forward(problem: Problem, code: torch.Tensor, delta: torch.Tensor,
 
 def register(space, observations: list[Observation], loss_fn: Callable,
              render_fn: Callable, config: RegisterConfig, device: torch.device,
-             callback: Callable[[IterationRecord], None] | None = None,
+             callbacks: Sequence[Callback] = (),
              start_code: np.ndarray | None = None) -> RegistrationResult:
     """Run the registration and return its result.
 
     `space`: a ShapeSpace; `loss_fn(rendered (1, 3, H, W), view_index) -> scalar tensor`
     compares a rendering with observation `view_index` (features prepared by the caller);
     `render_fn(vertices_cam (V, 3), camera) -> (image (C, H, W), mask (H, W))` is the
-    differentiable renderer. `callback` gets every iteration's record. `start_code` (k,):
+    differentiable renderer. `callbacks` get an `IterationEvent` after every loss evaluation
+    of every descent. `start_code` (k,):
     the latent code to start from, overriding `config.start`.
 
     `config.start == "search"`: two descents, the first from the canonical's code; the second
@@ -245,7 +269,7 @@ def register(space, observations: list[Observation], loss_fn: Callable,
     t0 = time.perf_counter()
     u0 = torch.as_tensor(z0, dtype=torch.float64, device=device) / problem.std
     delta0 = _initial_increment(problem, u0 * problem.std, config, device)
-    first = _descend(problem, config, device, callback, u0, delta0, start,
+    first = _descend(problem, config, device, callbacks, u0, delta0, start,
                      time.perf_counter() - t0)
     if not search:
         return first
@@ -255,9 +279,10 @@ def register(space, observations: list[Observation], loss_fn: Callable,
     search_s = time.perf_counter() - t0
     # The second descent starts at the first one's poses: in joint mode they are already
     # aligned, so neither the silhouette centring nor the rotation grid runs again.
-    second = _descend(moved, config, device, callback,
+    second = _descend(moved, config, device, callbacks,
                       torch.as_tensor(best, dtype=torch.float64, device=device) / problem.std,
-                      torch.zeros(6, dtype=torch.float64, device=device), "best training code")
+                      torch.zeros(6, dtype=torch.float64, device=device), "best training code",
+                      descent=1)
     return _keep_better(first, second, search_s)
 
 
@@ -284,72 +309,88 @@ def _initial_increment(problem: Problem, code: torch.Tensor, config: RegisterCon
     return delta
 
 
+class _ScaledSGD:
+    """SGD with momentum and exponential learning-rate decay on one parameter tensor, whose
+    gradient is scaled by the inverse norm of its first gradient, or by its own inverse norm
+    where that is smaller: the learning rate is then the length of the first step (standard
+    deviations; radians and object radii) and no later (momentum-free) step is longer, even
+    where the first gradient happened to be small (the loss of a rasterised image is rugged)."""
+
+    def __init__(self, param: torch.Tensor, lr: float, momentum: float, decay: float) -> None:
+        self.param = param
+        self.optimiser = torch.optim.SGD([param], lr=lr, momentum=momentum)
+        self.schedule = torch.optim.lr_scheduler.ExponentialLR(self.optimiser, gamma=decay)
+        self.scale: float | None = None
+
+    @property
+    def lr(self) -> float:
+        return float(self.optimiser.param_groups[0]["lr"])
+
+    def zero_grad(self) -> None:
+        self.optimiser.zero_grad(set_to_none=True)
+
+    def step(self, mask: torch.Tensor | None = None) -> None:
+        """One step along the (masked, scaled) gradient, then one learning-rate decay."""
+        grad = self.param.grad
+        assert grad is not None  # called after a backward pass that reached the parameter
+        if mask is not None:
+            grad.mul_(mask)
+        if self.scale is None:
+            self.scale = _inverse_norm(grad)
+        grad.mul_(min(self.scale, _inverse_norm(grad)))
+        self.optimiser.step()
+        self.schedule.step()
+
+    def forget_momentum(self) -> None:
+        self.optimiser.state.clear()
+
+
 def _descend(problem: Problem, config: RegisterConfig, device: torch.device,
-             callback: Callable[[IterationRecord], None] | None, u0: torch.Tensor,
-             delta0: torch.Tensor, start: str, seconds_before: float = 0.0
-             ) -> RegistrationResult:
+             callbacks: Sequence[Callback], u0: torch.Tensor, delta0: torch.Tensor, start: str,
+             seconds_before: float = 0.0, descent: int = 0) -> RegistrationResult:
     """One gradient descent (see the module docstring) from the whitened code `u0` (k,) and the
     pose increment `delta0` (6,) (updated in joint mode only); `start` names the start in the
-    descent's summary, `seconds_before` is added to its total time."""
+    descent's summary, `seconds_before` is added to its total time, `descent` is the index the
+    callbacks' events carry."""
     timings = {"render": 0.0, "features": 0.0, "backward": 0.0, "optimiser": 0.0, "total": 0.0}
     t_start = time.perf_counter() - seconds_before
-    observations = problem.observations
-    std, radius = problem.std, problem.radius
-    u = u0.clone()
-    u.requires_grad_(True)
+    u = u0.clone().requires_grad_(True)
     delta = delta0.clone().requires_grad_(config.joint)
     axis_mask = _axis_mask(config, device)
-    poses = [o.pose for o in observations]
-
-    shape_opt = torch.optim.SGD([u], lr=config.learning_rate, momentum=config.momentum)
-    shape_sched = torch.optim.lr_scheduler.ExponentialLR(shape_opt, gamma=config.lr_decay)
-    pose_opt: torch.optim.SGD | None = None
-    pose_sched: torch.optim.lr_scheduler.ExponentialLR | None = None
-    if config.joint:
-        pose_opt = torch.optim.SGD([delta], lr=config.pose_learning_rate,
-                                   momentum=config.momentum)
-        pose_sched = torch.optim.lr_scheduler.ExponentialLR(pose_opt, gamma=config.lr_decay)
-
+    shape = _ScaledSGD(u, config.learning_rate, config.momentum, config.lr_decay)
+    pose = (_ScaledSGD(delta, config.pose_learning_rate, config.momentum, config.lr_decay)
+            if config.joint else None)
     history: list[IterationRecord] = []
-    frames: list[np.ndarray] = []
     best = _Best(loss=float("inf"), u=u.detach().clone(), delta=torch.zeros_like(delta0),
                  iteration=-1)
     initial_loss = float("nan")
     stop_reason = "iterations"
     since_best = 0
-    # The gradients are scaled by the inverse norm of the first gradient, so that the learning
-    # rates are the lengths of the first steps (standard deviations; radians and object radii),
-    # or by their own inverse norm where that is smaller: no later (momentum-free) step is longer
-    # than the learning rate, even where the first gradient happened to be small (the loss of a
-    # rasterised image is rugged).
-    shape_scale: float | None = None
-    pose_scale: float | None = None
-
     warmup = config.pose_warmup if config.joint else 0
     for it in range(warmup + config.iterations + 1):
         t_it = time.perf_counter()
         in_warmup = it < warmup
-        if warmup > 0 and it == warmup and pose_opt is not None:
+        if warmup > 0 and it == warmup and pose is not None:
             # The shape updates start from the best pose of the warm-up, not from wherever the
             # pose momentum carried it last (the pose loss is rugged; SGD overshoots).
             with torch.no_grad():
                 delta.copy_(best.delta)
-            pose_opt.state.clear()
+            pose.forget_momentum()
         pose_step = config.joint and (in_warmup or
                                       (it - warmup) % config.pose_every == config.pose_every - 1)
-        shape_opt.zero_grad(set_to_none=True)
-        if pose_opt is not None:
-            pose_opt.zero_grad(set_to_none=True)
-        rendering = forward(problem, u * std, delta, timings=timings)
+        shape.zero_grad()
+        if pose is not None:
+            pose.zero_grad()
+        rendering = forward(problem, u * problem.std, delta, timings=timings)
         total = rendering.required_loss()
         loss = float(total.detach())
-        if config.gif:
-            frames.append(_frame(rendering.images[0], rendering.masks[0], observations[0], it,
-                                 loss, pose_step))
         if it == 0:
             initial_loss = loss
+        record = IterationRecord(it, loss, shape.lr, pose_step, time.perf_counter() - t_it)
+        for callback in callbacks:  # before the divergence check: a GIF shows the last step
+            callback(IterationEvent(descent, record, rendering, problem.observations))
         if not np.isfinite(loss) or (np.isfinite(initial_loss) and initial_loss > 0
-                                     and loss > 10.0 * initial_loss):
+                                     and loss > config.divergence_factor * initial_loss):
             stop_reason = "diverged"
             break
         if loss < best.loss * (1.0 - config.plateau_tolerance) or it == warmup:
@@ -359,10 +400,7 @@ def _descend(problem: Problem, config: RegisterConfig, device: torch.device,
         if loss < best.loss:
             best = _Best(loss=loss, u=u.detach().clone(), delta=delta.detach().clone(),
                          iteration=it)
-        lr = shape_opt.param_groups[0]["lr"]
-        history.append(IterationRecord(it, loss, lr, pose_step, time.perf_counter() - t_it))
-        if callback:
-            callback(history[-1])
+        history.append(record)
         if it == warmup + config.iterations:
             break  # the last pass only evaluates the final state
         if since_best >= config.plateau_patience and not in_warmup:
@@ -376,42 +414,39 @@ def _descend(problem: Problem, config: RegisterConfig, device: torch.device,
             stop_reason = "diverged"
             break
         if not in_warmup:
-            if shape_scale is None:
-                shape_scale = _inverse_norm(u.grad)
-            u.grad.mul_(min(shape_scale, _inverse_norm(u.grad)))
-            shape_opt.step()
-            shape_sched.step()
+            shape.step()
             with torch.no_grad():  # stay within the training distribution of shapes
                 u.clamp_(-config.latent_bound, config.latent_bound)
-        if pose_opt is not None and pose_step and delta.grad is not None:
-            delta.grad.mul_(axis_mask)
-            if pose_scale is None:
-                pose_scale = _inverse_norm(delta.grad)
-            delta.grad.mul_(min(pose_scale, _inverse_norm(delta.grad)))
-            pose_opt.step()
-            assert pose_sched is not None  # created together with pose_opt
-            pose_sched.step()
+        if pose is not None and pose_step and delta.grad is not None:
+            pose.step(axis_mask)
         timings["optimiser"] += time.perf_counter() - t0
-        history[-1].seconds = time.perf_counter() - t_it
+        record.seconds = time.perf_counter() - t_it
+    summary = {"start": start, "losses": [h.loss for h in history],
+               "best_iteration": int(best.iteration), "best_loss": float(best.loss),
+               "pose_warmup": warmup, "stop_reason": stop_reason}
+    return _descent_result(problem, best, history, initial_loss, stop_reason, summary, timings,
+                           t_start)
 
+
+def _descent_result(problem: Problem, best: _Best, history: list[IterationRecord],
+                    initial_loss: float, stop_reason: str, summary: dict,
+                    timings: dict[str, float], t_start: float) -> RegistrationResult:
+    """Return the result of a descent: its best state rendered once more (final images and
+    masks), the final poses, and the total time since `t_start` (perf_counter seconds)."""
     with torch.no_grad():
-        z = (best.u * std).cpu().numpy()
-        final = forward(problem, best.u * std, best.delta, with_loss=False)
-        vertices = final.vertices
-        final_poses = apply_increment(poses, best.delta.cpu().numpy(), radius)
-        finals = list(zip(final.images, final.masks))
+        final = forward(problem, best.u * problem.std, best.delta, with_loss=False)
+    poses = apply_increment([o.pose for o in problem.observations], best.delta.cpu().numpy(),
+                            problem.radius)
     timings["total"] = time.perf_counter() - t_start
-    summary = {"start": start,
-               "losses": [h.loss for h in history], "best_iteration": int(best.iteration),
-               "best_loss": float(best.loss), "pose_warmup": warmup,
-               "stop_reason": stop_reason}
     return RegistrationResult(
-        z=z, poses=final_poses, vertices=vertices.cpu().numpy(), history=history,
+        z=(best.u * problem.std).cpu().numpy(), poses=poses,
+        vertices=final.vertices.cpu().numpy(), history=history,
         best_iteration=int(best.iteration), best_loss=float(best.loss),
         initial_loss=float(initial_loss), stop_reason=stop_reason, timings=timings,
-        frames=frames, descents=[summary],
-        final_images=[im.detach().cpu().permute(1, 2, 0)[..., :3].numpy() for im, _ in finals],
-        final_masks=[m.detach().cpu().numpy().astype(bool) for _, m in finals])
+        descents=[summary],
+        final_images=[im.detach().cpu().permute(1, 2, 0)[..., :3].numpy()
+                      for im in final.images],
+        final_masks=[m.detach().cpu().numpy().astype(bool) for m in final.masks])
 
 
 def _code_search(problem: Problem, config: RegisterConfig, device: torch.device) -> np.ndarray:
@@ -448,7 +483,7 @@ def _scales(space, device: torch.device) -> tuple[torch.Tensor, float, float]:
     metres)."""
     from regtool.units import UNITS_TO_METRES
 
-    std = torch.as_tensor(np.sqrt(np.maximum(space.explained_variance, 1e-20)),
+    std = torch.tensor(np.sqrt(np.maximum(space.explained_variance, 1e-20)),
                           dtype=torch.float64, device=device)
     unit = UNITS_TO_METRES.get(space.units, 1.0)
     radius = unit * float(np.linalg.norm(space.canonical_vertices
@@ -506,15 +541,3 @@ def _inverse_norm(grad: torch.Tensor) -> float:
     norm = float(grad.norm())
     return 1.0 / norm if norm > 0 else 0.0
 
-
-def _frame(image: torch.Tensor, mask: torch.Tensor, observation: Observation, iteration: int,
-           loss: float, pose_step: bool) -> np.ndarray:
-    """Return a uint8 GIF frame: the labelled overlay figure of the first view (observation |
-    rendering | outlines) captioned with the iteration and the loss."""
-    from regtool.registration.figures import frame_caption, overlay_figure
-
-    rendered = image.detach().cpu().permute(1, 2, 0)[..., :3].numpy()
-    if rendered.shape[-1] == 1:
-        rendered = np.repeat(rendered, 3, axis=-1)
-    return overlay_figure(observation.image, rendered, mask.detach().cpu().numpy() > 0,
-                          observation.mask, frame_caption(iteration, loss, pose_step))

@@ -3,6 +3,7 @@ build the loss and the differentiable renderer, run `optimise.register`."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -12,7 +13,14 @@ import torch
 from regtool.config import Config
 from regtool.errors import RegistrationError
 from regtool.geometry.camera import CameraIntrinsics, Pose
-from regtool.registration.optimise import Observation, RegistrationResult, register
+from regtool.registration.figures import GifFrames
+from regtool.registration.optimise import (
+    Callback,
+    IterationRecord,
+    Observation,
+    RegistrationResult,
+    register,
+)
 
 
 def load_models(shapespace_path: Path, unet_path: Path, device: torch.device):
@@ -67,8 +75,11 @@ def make_observation(image: np.ndarray, camera: CameraIntrinsics, pose: Pose, fe
 
 def run_registration(space, unet, observations: list[Observation], config: Config,
                      device: torch.device, joint: bool | None = None,
-                     callback=None) -> RegistrationResult:
+                     callback: Callable[[IterationRecord], None] | None = None,
+                     callbacks: Sequence[Callback] = ()) -> RegistrationResult:
     """Register the shape space to the observations; `joint` overrides config.register.joint.
+    `callback` gets every loss evaluation's record (a progress bar), `callbacks` the whole
+    `IterationEvent`; with config.register.gif the result carries the kept descent's GIF frames.
 
     RegistrationError before any optimisation if an initial pose does not show the canonical
     (`inputs.check_pose_in_view`); RenderError if a view is larger, supersampled, than the
@@ -83,12 +94,12 @@ def run_registration(space, unet, observations: list[Observation], config: Confi
     observed = [image_tensor(o.image, device) for o in observations]
     regions = [None if o.region is None else
                torch.as_tensor(o.region, device=device)[None, None] for o in observations]
-    settings = DiffRenderSettings.from_config(config.render, image_type="rgb")
+    settings = DiffRenderSettings.from_config(config.render)
     for i, o in enumerate(observations):
         where = "initial pose" + (f" of view {i + 1}" if len(observations) > 1 else "")
         check_pose_in_view(space.canonical_vertices, o.camera, o.pose, settings.znear, where)
         check_render_size(o.camera.width, o.camera.height, max(1, reg.supersample))
-    faces = torch.as_tensor(space.faces, dtype=torch.int64)
+    faces = torch.tensor(space.faces, dtype=torch.int64)
 
     def loss_fn(rendered: torch.Tensor, i: int) -> torch.Tensor:
         return loss(rendered, observed[i], regions[i])
@@ -98,7 +109,16 @@ def run_registration(space, unet, observations: list[Observation], config: Confi
         # makes the loss jump as single pixels flip (at 160x120 the shapes differ by 1-3 pixels).
         return diff_render_supersampled(vertices_cam, faces, camera, settings, reg.supersample)
 
-    return register(space, observations, loss_fn, render_fn, reg, device, callback=callback)
+    gif = GifFrames() if reg.gif else None
+    hooks = list(callbacks)
+    if callback is not None:
+        hooks.append(lambda event: callback(event.record))
+    if gif is not None:
+        hooks.append(gif)
+    result = register(space, observations, loss_fn, render_fn, reg, device, callbacks=hooks)
+    if gif is not None:
+        result.frames = gif.frames(result.kept_descent)
+    return result
 
 
 _STOP_REASONS = {"iterations": "at the iteration limit", "plateau": "on a plateau",

@@ -27,7 +27,7 @@ import numpy as np
 import trimesh
 
 from regtool.errors import RegistrationError
-from regtool.geometry.camera import read_json_file
+from regtool.io import read_json
 from regtool.registration.inputs import length_scale
 
 
@@ -50,7 +50,7 @@ def read_named_points(path: Path, units: str = "m") -> dict[str, np.ndarray]:
     converted to `units`; RegistrationError naming the file and point if the file is missing or
     malformed, "points" is missing or empty, a name is empty, or a value is not 3 finite
     numbers."""
-    data = read_json_file(path, "points")
+    data = read_json(path, "points", RegistrationError)
     source = f"points {path}"
     return parse_named_points(data, units, source)
 

@@ -168,21 +168,21 @@ class DiffRenderSettings:
 
     @classmethod
     def from_config(cls, config, **overrides) -> "DiffRenderSettings":
-        """Return settings from a `config.RenderConfig` (image_type, silhouette_dilation)."""
-        values = {"image_type": config.image_type, "dilation": config.silhouette_dilation}
+        """Return settings from a `config.RenderConfig` (silhouette dilation, lighting, albedo,
+        occlusion tolerance), with `overrides` (e.g. image_type) on top."""
+        values = {"dilation": config.silhouette_dilation,
+                  "light_direction": tuple(config.light_direction),
+                  "albedo": tuple(config.albedo), "ambient": config.ambient,
+                  "diffuse": config.diffuse, "occlusion_tolerance": config.occlusion_tolerance}
         values.update(overrides)
         return cls(**values)
 
 
 def vertex_normals(vertices: torch.Tensor, faces: torch.Tensor) -> torch.Tensor:
     """Return (V, 3) unit area-weighted vertex normals of vertices (V, 3) and faces (F, 3) int64
-    (counter-clockwise faces give outward normals); differentiable with respect to vertices."""
-    v0, v1, v2 = (vertices.index_select(0, faces[:, k]) for k in range(3))
-    face_n = torch.linalg.cross(v1 - v0, v2 - v0)  # (F, 3), length = 2 x area
-    acc = torch.zeros_like(vertices)
-    for k in range(3):
-        acc = acc.index_add(0, faces[:, k], face_n)
-    return acc / acc.norm(dim=-1, keepdim=True).clamp_min(1e-20)
+    (counter-clockwise faces give outward normals); differentiable with respect to vertices by
+    autograd (the renderer's backward uses `_Normals.backward` instead)."""
+    return _Normals.compute(vertices, faces).normals
 
 
 @dataclass
@@ -363,15 +363,6 @@ def _shading_rows(grad_image: torch.Tensor, cache: _Shading,
 # Per image type: (forward shading, backward dL/dn rows; None: no shading term).
 _IMAGE_TYPE_SHADERS = {"rgb": (_shade_rgb, _rgb_rows), "normals": (_shade_normals, _normals_rows),
                        "mask": (_shade_mask, None)}
-
-
-def shade(gbuffer: GBuffer, vertices: torch.Tensor, faces: torch.Tensor,
-          settings: DiffRenderSettings) -> torch.Tensor:
-    """Return the (C, H, W) image (float in [0, 1], dtype and device of `vertices`) of
-    `settings.image_type` shaded from a G-buffer of `vertices` (V, 3) with faces (F, 3) int64,
-    without gradients (use `diff_render` for those)."""
-    normals = None if settings.image_type == "mask" else vertex_normals(vertices, faces)
-    return _shade(gbuffer, normals, faces, settings, vertices.dtype, vertices.device)[0]
 
 
 def _crop_box(mask: torch.Tensor, margin: int) -> tuple[slice, slice]:

@@ -1,11 +1,12 @@
-"""Latent shape space: non-rigid CPD (`cpd`), the ShapeSpace artifact (`space`) and building it
-from a dataset (`build`)."""
+"""Latent shape space: non-rigid CPD (`cpd`), the ShapeSpace artifact (`space`), building it
+from a dataset (`build`) and fitting it to 3D points (`fit`)."""
 
 from regtool.shapespace.cpd import CPDResult, gaussian_kernel, nonrigid_cpd
-from regtool.shapespace.space import FitResult, ShapeSpace
+from regtool.shapespace.fit import FitResult, fit_points
+from regtool.shapespace.space import ShapeSpace
 
 __all__ = ["CPDResult", "FitResult", "ShapeSpace", "gaussian_kernel", "nonrigid_cpd",
-           "build_shapespace"]
+           "build_shapespace", "fit_points"]
 
 
 def build_shapespace(*args, **kwargs):

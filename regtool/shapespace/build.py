@@ -15,6 +15,7 @@ from regtool import __version__
 from regtool.config import ShapeSpaceConfig
 from regtool.errors import MeshError
 from regtool.geometry.mesh import validate_mesh
+from regtool.geometry.sampling import sample_surface
 from regtool.shapespace.cpd import gaussian_kernel, nonrigid_cpd, to_numpy
 from regtool.shapespace.space import ShapeSpace, pca_shape_space
 
@@ -23,20 +24,6 @@ Progress = Callable[[str, int, int], None]
 
 METRIC = ("mean L2 distance from points sampled on the instance's surface to the nearest vertex "
           "of the mesh (the paper's Table 1 metric)")
-
-
-def sample_surface(vertices: np.ndarray, faces: np.ndarray, count: int,
-                   rng: np.random.Generator) -> np.ndarray:
-    """Return `count` points (count, 3) float64 uniformly distributed (by area) on the mesh
-    surface, drawn from `rng`; same units as `vertices`."""
-    tri = vertices[faces]
-    area = 0.5 * np.linalg.norm(np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0]), axis=1)
-    face = rng.choice(len(faces), size=count, p=area / area.sum())
-    u, v = rng.random(count), rng.random(count)
-    flip = u + v > 1.0
-    u[flip], v[flip] = 1.0 - u[flip], 1.0 - v[flip]
-    t = tri[face]
-    return t[:, 0] + u[:, None] * (t[:, 1] - t[:, 0]) + v[:, None] * (t[:, 2] - t[:, 0])
 
 
 def mean_distance_to_vertices(points: np.ndarray, vertices: np.ndarray) -> float:
@@ -75,11 +62,7 @@ def shapespace_from_meshes(canonical: tuple[np.ndarray, np.ndarray],
     cv, cf = np.asarray(cv, np.float64), np.asarray(cf, np.int64)
     rng = np.random.default_rng(seed)
     template = sample_surface(cv, cf, config.template_points, rng)
-    cpd_kwargs: dict[str, Any] = dict(beta=config.beta, lambda_=config.lambda_, w=config.w,
-                                      tolerance=config.tolerance,
-                                      max_iterations=config.max_iterations,
-                                      lowrank_threshold=config.lowrank_threshold,
-                                      lowrank_rank=config.lowrank_rank)
+    cpd_kwargs = config.cpd_kwargs()
     names = list(train)
     displacements, weights, per_instance, eval_points = [], [], [], {}
     kernel_at_vertices = None

@@ -471,7 +471,7 @@ def small_artifacts(tmp_path_factory, repo_root):
     space, report = build_shapespace(d / "ds", "bottle", cfg.shapespace, seed=0)
     space.save(d / "ss.npz", report)
     train_unet(d / "ds", "bottle", cfg.unet, cfg.render, d / "unet.pt", seed=0)
-    cam = CameraIntrinsics.from_fov(cfg.render.width, cfg.render.height, 40.0)
+    cam = CameraIntrinsics.from_fov(cfg.unet.image_width, cfg.unet.image_height, 40.0)
     (d / "camera.json").write_text(json.dumps(cam.to_dict()))
     (d / "pose.json").write_text(json.dumps(Pose.look_at(0.6, 30.0, 20.0).to_dict()))
     for name, c in (("config.toml", cfg),

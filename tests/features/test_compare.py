@@ -8,7 +8,7 @@ import pytest
 import torch
 from scipy import ndimage
 
-from regtool.errors import RegistrationError
+from regtool.errors import FeatureError
 from regtool.features.compare import FeatureLoss, aggregate, normalise_channels
 
 pytestmark = pytest.mark.gl
@@ -148,9 +148,9 @@ def test_region_and_bad_input(scene, unet):
     assert float(loss(scene["correct"], scene["observed"], region)) == pytest.approx(
         expected, rel=1e-5)
     assert expected > 0
-    with pytest.raises(RegistrationError, match="region"):
+    with pytest.raises(FeatureError, match="region"):
         loss(scene["correct"], scene["observed"], region[..., :10])
-    with pytest.raises(RegistrationError, match="differ in shape"):
+    with pytest.raises(FeatureError, match="differ in shape"):
         loss(scene["correct"][..., :50], scene["observed"])
-    with pytest.raises(RegistrationError, match="unknown image comparison"):
+    with pytest.raises(FeatureError, match="unknown image comparison"):
         FeatureLoss(unet, "lpips")

@@ -21,6 +21,9 @@ def test_shapes_any_size(depth, h, w):
         f = net.features(x)
     assert f.shape == (2, 10, h, w)
     assert (f >= 0).all()  # after ReLU
+    # The feature map is not dead and depends on the image: the two random inputs differ.
+    assert (f > 0).float().mean() > 0.05
+    assert not torch.allclose(f[0], f[1])
 
 
 def test_bad_input_shape():

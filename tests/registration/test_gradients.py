@@ -44,7 +44,7 @@ def test_latent_gradient_matches_central_differences(setup, kind, min_cosine, ra
     image = torch.from_numpy(np.ascontiguousarray(observed.rgb)).permute(2, 0, 1)[None].float()
     region = torch.from_numpy(ndimage.binary_dilation(observed.mask, iterations=8))[None, None]
     loss = FeatureLoss(unet, kind)
-    faces = torch.as_tensor(space.faces, dtype=torch.int64)
+    faces = torch.tensor(space.faces, dtype=torch.int64)
     rotation = torch.as_tensor(pose.rotation)
     translation = torch.as_tensor(pose.translation)
     settings = DiffRenderSettings(image_type="rgb")
@@ -54,7 +54,7 @@ def test_latent_gradient_matches_central_differences(setup, kind, min_cosine, ra
         rendered, _ = diff_render_supersampled(vertices.float(), faces, camera, settings, 3)
         return loss(rendered[None, :3], image, region)
 
-    z0 = torch.as_tensor(np.asarray(space.canonical_code), dtype=torch.float64)
+    z0 = torch.tensor(np.asarray(space.canonical_code), dtype=torch.float64)
     z = z0.clone().requires_grad_(True)
     loss_at(z).backward()
     std = np.sqrt(np.asarray(space.explained_variance))

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from regtool.config import RenderConfig
-from regtool.errors import RegistrationError
+from regtool.config import RenderConfig, UNetConfig
+from regtool.errors import GeometryError, RegistrationError
 from regtool.geometry.camera import CameraIntrinsics, Pose
 from regtool.registration.inputs import (
     fit_image_size,
@@ -162,7 +162,7 @@ def test_camera_bad_fields(tmp_path, change, words):
     data = {k: v for k, v in dict(CAMERA, **change).items() if v is not None}
     path = tmp_path / "cam.json"
     path.write_text(json.dumps(data))  # Python writes NaN / Infinity, which json.loads reads
-    with pytest.raises(RegistrationError) as exc:
+    with pytest.raises(GeometryError) as exc:  # the field checks belong to the geometry layer
         read_camera(path)
     msg = one_line(exc)
     assert words in msg and str(path) in msg
@@ -206,11 +206,22 @@ def test_pose_rotation_rotvec_and_units(tmp_path):
     ({"rotation": [[2, 0, 0], [0, 1, 0], [0, 0, 1]], "translation": [0, 0, 1]},
      "not a rotation"),
     ({"rotvec": [0, 0, 0], "translation": ["a", 0, 1]}, "'translation'"),
+])
+def test_pose_bad_fields(tmp_path, data, words):
+    path = tmp_path / "pose.json"
+    write_json(path, data)
+    with pytest.raises(GeometryError) as exc:  # the field checks belong to the geometry layer
+        read_pose(path)
+    msg = one_line(exc)
+    assert words in msg and str(path) in msg
+
+
+@pytest.mark.parametrize("data, words", [
     ({"rotvec": [0, 0, 0], "translation": [0, 0, 1], "frame": "camera_to_object"},
      "field 'frame'"),
     ({"rotvec": [0, 0, 0], "translation": [0, 0, 1], "units": "inch"}, "unknown length unit"),
 ])
-def test_pose_bad_fields(tmp_path, data, words):
+def test_pose_file_conventions(tmp_path, data, words):
     path = tmp_path / "pose.json"
     write_json(path, data)
     with pytest.raises(RegistrationError) as exc:
@@ -224,9 +235,9 @@ def test_pose_bad_fields(tmp_path, data, words):
 def test_examples_read(repo_root):
     examples = repo_root / "configs" / "examples"
     cam = read_camera(examples / "camera.json")
-    render = RenderConfig()
-    expected = CameraIntrinsics.from_fov(render.width, render.height, render.fov_y_deg)
-    assert cam == expected  # the example is the default [render] camera
+    render, unet = RenderConfig(), UNetConfig()
+    expected = CameraIntrinsics.from_fov(unet.image_width, unet.image_height, render.fov_y_deg)
+    assert cam == expected  # the example is the default camera at the default U-Net's size
     pose = read_pose(examples / "pose.json")
     # The example looks at the object origin (the built-in data's bounding-box centre) from
     # 0.6 m: the origin lies on the optical axis, as the evaluation's poses put it.

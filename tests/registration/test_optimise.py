@@ -11,6 +11,7 @@ import torch
 
 from regtool.config import RegisterConfig
 from regtool.geometry.camera import CameraIntrinsics, Pose
+from regtool.registration.figures import GifFrames
 from regtool.registration.optimise import Observation, apply_increment, posed_vertices, register
 from regtool.shapespace.space import ShapeSpace
 
@@ -28,7 +29,7 @@ def _renderer():
     settings = DiffRenderSettings(image_type="rgb")
 
     def render_fn(space, v, cam):
-        return diff_render(v, torch.as_tensor(space.faces), cam, settings)
+        return diff_render(v, torch.tensor(space.faces), cam, settings)
     return render_fn
 
 
@@ -55,13 +56,20 @@ def test_registration_reduces_the_shape_error(space):
         space.train_codes - space.canonical_code, axis=1)))]
     target_vertices = space.deform_numpy(z_target)
     obs, loss_fn, render_fn = _rgb_setup(space, z_target, pose)
-    cfg = RegisterConfig(iterations=25, learning_rate=0.05, plateau_patience=25, gif=True)
-    result = register(space, [obs], loss_fn, render_fn, cfg, torch.device("cpu"))
+    cfg = RegisterConfig(iterations=25, learning_rate=0.05, plateau_patience=25)
+    gif, seen = GifFrames(), []
+    result = register(space, [obs], loss_fn, render_fn, cfg, torch.device("cpu"),
+                      callbacks=[gif, seen.append])
     before = np.linalg.norm(space.canonical_vertices - target_vertices, axis=1).mean()
     after = np.linalg.norm(result.vertices - target_vertices, axis=1).mean()
     assert result.best_loss < 0.7 * result.initial_loss
     assert after < 0.7 * before, (before, after)
-    assert len(result.frames) >= 1 and result.frames[0].dtype == np.uint8
+    # Callbacks see every loss evaluation of every descent, in order, with its renderings.
+    kept = [e for e in seen if e.descent == result.kept_descent]
+    assert [e.record.loss for e in kept] == [h.loss for h in result.history]
+    assert all(e.rendering.images[0].shape == (3, 96, 128) for e in seen)
+    frames = gif.frames(result.kept_descent)
+    assert len(frames) == len(result.history) and frames[0].dtype == np.uint8
     assert result.timings["render"] > 0 and result.timings["backward"] > 0
 
 
@@ -120,7 +128,7 @@ def test_rotation_search_finds_a_coarse_misalignment(space):
     obs = replace(obs, pose=start)
     problem = Problem.create(space, [obs], loss_fn, render_fn, torch.device("cpu"))
     mask = torch.ones(6, dtype=torch.float64)
-    found = _rotation_search(problem, torch.as_tensor(space.canonical_code),
+    found = _rotation_search(problem, torch.tensor(space.canonical_code),
                              torch.zeros(6, dtype=torch.float64), mask, 12.0)
     assert np.allclose(found.numpy(), [0, 0, np.radians(12.0), 0, 0, 0], atol=1e-12)
 
@@ -158,7 +166,7 @@ def test_forward_is_the_pass_every_stage_evaluates(space):
                       torch.device("cpu"))
     problem = Problem.create(space, [obs, obs], lambda r, i: loss_fn(r, 0), render_fn,
                              torch.device("cpu"))
-    code = torch.as_tensor(space.canonical_code, dtype=torch.float64)
+    code = torch.tensor(space.canonical_code, dtype=torch.float64)
     zero = torch.zeros(6, dtype=torch.float64)
     with torch.no_grad():
         both = forward(problem, code, zero)
