@@ -23,7 +23,8 @@ def observation(dataset_dir, quick_config, tmp_path_factory):
     from regtool.geometry.camera import CameraIntrinsics, Pose
 
     d = tmp_path_factory.mktemp("obs")
-    cam = CameraIntrinsics.from_fov(quick_config.unet.image_width, quick_config.unet.image_height, 40.0)
+    unet = quick_config.unet
+    cam = CameraIntrinsics.from_fov(unet.image_width, unet.image_height, 40.0)
     (d / "camera.json").write_text(json.dumps(cam.to_dict()))
     (d / "pose.json").write_text(json.dumps(Pose.look_at(0.6, 30.0, 20.0).to_dict()))
     (d / "config.toml").write_text(config_toml(quick_config))
