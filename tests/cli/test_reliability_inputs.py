@@ -23,7 +23,13 @@ from typer.testing import CliRunner
 
 from regtool.cli import app
 from regtool.config import ShapeSpaceConfig, UNetConfig, load_config
-from regtool.errors import ArtifactError, GLContextError, MeshError, RegistrationError
+from regtool.errors import (
+    ArtifactError,
+    GeometryError,
+    GLContextError,
+    MeshError,
+    RegistrationError,
+)
 
 pytestmark = pytest.mark.gl  # the shared artifacts are rendered and trained
 runner = CliRunner()
@@ -195,9 +201,9 @@ def test_camera_and_pose_share_one_number_check(tmp_path):
 
     cam = write_json(tmp_path / "cam.json", dict(CAMERA, fx="110"))
     pose = write_json(tmp_path / "pose.json", dict(POSE, translation=[0, 0, "0.6"]))
-    with pytest.raises(RegistrationError, match=r"field 'fx' must be a finite number, got '110'"):
+    with pytest.raises(GeometryError, match=r"field 'fx' must be a finite number, got '110'"):
         read_camera(cam)
-    with pytest.raises(RegistrationError, match=r"field 'translation' must be numbers, got '0.6'"):
+    with pytest.raises(GeometryError, match=r"field 'translation' must be numbers, got '0.6'"):
         read_pose(pose)
 
 
