@@ -37,7 +37,7 @@ def test_changed_file_is_a_hash_mismatch(small_copy):
 
 
 def test_missing_manifest(tmp_path):
-    with pytest.raises(DatasetError, match="manifest not found"):
+    with pytest.raises(DatasetError, match="dataset manifest file not found"):
         verify_dataset(tmp_path)
 
 

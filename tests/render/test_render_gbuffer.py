@@ -182,10 +182,13 @@ def test_nothing_in_view_gives_an_empty_gbuffer():
 @pytest.mark.parametrize("mesh_name", ["ellipsoid", "drill"])
 @pytest.mark.parametrize("size", [(96, 80), (160, 120)])
 def test_pyrender_observation_and_gbuffer_agree(mesh_name, size, request):
-    """The photo-like observation (pyrender, what evaluate and train-unet see) and the
-    differentiable renderer's G-buffer (what register renders) cover the same pixels: mask IoU
-    and the offset of the silhouettes' centroids (a half-pixel convention slip would show as a
-    0.5 px shift, a flipped row order as a large one)."""
+    """The photo-like observation (pyrender, what evaluate and train-unet see; its coverage
+    alpha >= 0.5 is train-unet's label) and the differentiable renderer's G-buffer (what register
+    renders) cover the same pixels: they differ only on the silhouette's boundary, and the
+    centroids agree to a fraction of a pixel (a half-pixel convention slip would shift them by
+    0.5 px, a flipped row order by many)."""
+    from scipy.ndimage import binary_dilation, binary_erosion, maximum_filter, minimum_filter
+
     from regtool.render.shading import render_shaded
 
     mesh = request.getfixturevalue(mesh_name)
@@ -193,16 +196,21 @@ def test_pyrender_observation_and_gbuffer_agree(mesh_name, size, request):
     pose = view_of(mesh, azimuth=50.0, elevation=25.0)
     observed = render_shaded(np.asarray(mesh.vertices), np.asarray(mesh.faces), pose, camera)
     gb = rasterize(posed_vertices(mesh, pose), np.asarray(mesh.faces), camera)
-    a, b = observed.mask, gb.mask.numpy()
+    a, b = observed.alpha >= 0.5, gb.mask.numpy()
     assert a.sum() > 200 and b.sum() > 200
-    iou = (a & b).sum() / (a | b).sum()
-    assert iou > 0.98, iou
+    boundary = binary_dilation(b) & ~binary_erosion(b)
+    assert not ((a ^ b) & ~boundary).any()  # disagreement only on the silhouette's boundary
+    assert (a & b).sum() / (a | b).sum() > 0.96
 
     def centroid(m):
         rows, cols = np.nonzero(m)
         return np.array([cols.mean(), rows.mean()])
 
-    assert np.abs(centroid(a) - centroid(b)).max() < 0.1
-    # pyrender's depth and the G-buffer's agree where both see the object (metres).
-    both = a & b
-    np.testing.assert_allclose(observed.depth[both], gb.depth.numpy()[both], atol=2e-3)
+    assert np.abs(centroid(a) - centroid(b)).max() < 0.2
+    # pyrender's depth agrees with the G-buffer's inside the object, away from depth steps
+    # (its depth is one multisample of the pixel, up to 0.4 px off the centre: docs/experiments.md).
+    depth = gb.depth.numpy()
+    smooth = (maximum_filter(depth, 3) - minimum_filter(depth, 3)) < 1e-2
+    inside = binary_erosion(b, iterations=2) & observed.mask & smooth
+    assert inside.sum() > 40
+    np.testing.assert_allclose(observed.depth[inside], depth[inside], atol=3e-3)
