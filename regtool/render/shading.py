@@ -48,7 +48,10 @@ class Lighting:
 class ShadedImage:
     """A rendering: `rgb` (H, W, 3) float32 in [0, 1] composited over the background, `depth`
     (H, W) float32 camera-frame z in metres (0 on the background), `mask` (H, W) bool object
-    coverage, `alpha` (H, W) float32 anti-aliased coverage in [0, 1]."""
+    coverage (alpha >= 0.5, train-unet's label), `alpha` (H, W) float32 anti-aliased coverage in
+    [0, 1]. pyrender resolves the multisampled depth to one sample per pixel, up to 0.4 px off
+    the pixel centre, so `depth > 0` is shifted against the colour by a fraction of a pixel
+    (docs/experiments.md); `mask` follows the colour instead."""
 
     rgb: np.ndarray
     depth: np.ndarray
@@ -118,7 +121,7 @@ def render_shaded(vertices: np.ndarray, faces: np.ndarray, pose: Pose, camera: C
     # pyrender's RGBA output is not premultiplied: blend with the coverage alpha.
     rgb = rgba[..., :3] * alpha[..., None] + bg * (1.0 - alpha[..., None])
     depth = depth.astype(np.float32)
-    return ShadedImage(rgb=np.clip(rgb, 0.0, 1.0), depth=depth, mask=depth > 0, alpha=alpha)
+    return ShadedImage(rgb=np.clip(rgb, 0.0, 1.0), depth=depth, mask=alpha >= 0.5, alpha=alpha)
 
 
 @functools.lru_cache(maxsize=1)
