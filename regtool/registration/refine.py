@@ -113,8 +113,6 @@ def refine(problem: Problem, result: RegistrationResult, config: RegisterConfig,
     comparison) become the refined ones; `timings` gains "refine"."""
     if config.refine != "residual":
         return result
-    from regtool.geometry.quality import flipped_faces, self_intersections
-
     t_start = time.perf_counter()
     space = problem.space
     at = problem.at_poses(result.poses)
@@ -177,17 +175,8 @@ def refine(problem: Problem, result: RegistrationResult, config: RegisterConfig,
     with torch.no_grad():
         latent = space.deform(code)
         latent_np = latent.cpu().numpy()
-        residual_np = basis.field(best_c).cpu().numpy()
-        flips0 = 0
-        crossings0 = self_intersections(latent_np, space.faces)
-        shrinks = 0
-        while True:
-            flips = flipped_faces(latent_np, latent_np + residual_np, space.faces)
-            crossings = self_intersections(latent_np + residual_np, space.faces)
-            if (flips <= flips0 and crossings <= crossings0) or shrinks > MAX_SHRINKS:
-                break
-            shrinks += 1
-            residual_np = residual_np * 0.5 if shrinks <= MAX_SHRINKS else residual_np * 0.0
+        residual_np, check = safe_residual(latent_np, basis.field(best_c).cpu().numpy(),
+                                           space.faces)
         residual_t = torch.as_tensor(residual_np, device=device)
         final = forward(at, code, zero, residual=residual_t)
     seconds = time.perf_counter() - t_start
@@ -200,11 +189,8 @@ def refine(problem: Problem, result: RegistrationResult, config: RegisterConfig,
         "latent_loss": loss0, "refined_loss": float(final.required_loss()),
         "residual_rms": float(np.sqrt((moves ** 2).mean())),
         "residual_max": float(moves.max()),
-        "kernel_weight_norm": float(best_c.norm()) * (0.5 ** shrinks
-                                                      if shrinks <= MAX_SHRINKS else 0.0),
-        "shrinks": shrinks,
-        "flipped_faces": {"before": flips0, "after": flips},
-        "self_intersections": {"before": crossings0, "after": crossings},
+        "kernel_weight_norm": float(best_c.norm()) * check["factor"],
+        **check,
         "seconds": seconds,
     }
     timings_out = dict(result.timings)
@@ -223,6 +209,30 @@ def refine(problem: Problem, result: RegistrationResult, config: RegisterConfig,
                                      "stop_reason": stop_reason}])
     return RefinedResult(**base, latent_vertices=latent_np, residual=residual_np,
                          refinement=summary)
+
+
+def safe_residual(latent: np.ndarray, residual: np.ndarray, faces: np.ndarray
+                  ) -> tuple[np.ndarray, dict[str, Any]]:
+    """Return (the residual (V, 3) scaled by 0.5^s, s the fewest halvings up to MAX_SHRINKS
+    after which latent + residual flips no face of `latent` (V, 3) and has no more
+    self-intersections than it; zero if none does, and the check: {"factor", "shrinks",
+    "flipped_faces": {"before", "after"}, "self_intersections": {"before", "after"}})."""
+    from regtool.geometry.quality import flipped_faces, self_intersections
+
+    crossings0 = self_intersections(latent, faces)
+    factor, shrinks = 1.0, 0
+    while True:
+        moved = latent + factor * residual
+        flips = flipped_faces(latent, moved, faces)
+        crossings = self_intersections(moved, faces) if flips == 0 else -1
+        if flips == 0 and crossings <= crossings0:
+            break
+        shrinks += 1
+        factor = 0.5 ** shrinks if shrinks <= MAX_SHRINKS else 0.0
+    return factor * residual, {"factor": factor, "shrinks": shrinks,
+                               "flipped_faces": {"before": 0, "after": flips},
+                               "self_intersections": {"before": crossings0,
+                                                      "after": crossings}}
 
 
 def refinement_record(result: RegistrationResult, units: str) -> dict[str, Any]:
