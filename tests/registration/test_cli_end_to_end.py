@@ -150,3 +150,51 @@ def test_evaluate_missing_artifact(dataset_dir, tmp_path):
                                  "bottle", "--shapespace", str(tmp_path / "{category}.npz"),
                                  "--unet", str(tmp_path / "u.pt"), "--out", str(tmp_path / "e")])
     one_line_error(result, "shape space", "bottle")
+
+
+def test_register_with_residual_refinement(bottle_artifacts, observation, tmp_path, repo_root):
+    """A real registration (U-Net features) with the residual: result.json records how far the
+    mesh left the latent space, the mesh keeps the canonical's faces and is not broken (flipped
+    faces and self-intersections counted against the latent mesh), --transfer works."""
+    import trimesh
+
+    from regtool.geometry.quality import flipped_faces, self_intersections
+    from regtool.shapespace.space import ShapeSpace
+
+    config = tmp_path / "refine.toml"
+    config.write_text((observation / "config.toml").read_text().replace(
+        'refine = "none"', 'refine = "residual"').replace(
+        "refine_iterations = 30", "refine_iterations = 6"))
+    out = tmp_path / "reg"
+    args = _register_args(bottle_artifacts, observation, out, "--transfer",
+                          str(repo_root / "configs/examples/points.json"))
+    args[args.index("--config") + 1] = str(config)
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    record = json.loads((out / "result.json").read_text())
+    refinement = record["refinement"]
+    assert refinement["method"] == "residual" and refinement["units"] == "m"
+    assert refinement["iterations"] <= 6 and refinement["refined_loss"] <= refinement[
+        "latent_loss"]
+    space = ShapeSpace.load(bottle_artifacts["shapespace"])
+    mesh = trimesh.load(out / "deformed.ply", process=False)
+    vertices = np.asarray(mesh.vertices)
+    assert np.array_equal(np.asarray(mesh.faces), space.faces)
+    latent = space.deform_numpy(record["z"])
+    moves = np.linalg.norm(vertices - latent, axis=1)
+    assert refinement["residual_max"] == pytest.approx(moves.max(), abs=1e-5)
+    assert refinement["residual_rms"] == pytest.approx(np.sqrt((moves ** 2).mean()), abs=1e-5)
+    assert flipped_faces(latent, vertices, space.faces) == 0
+    assert self_intersections(vertices, space.faces) <= self_intersections(latent, space.faces)
+    assert refinement["self_intersections"]["after"] <= refinement["self_intersections"][
+        "before"]
+    # The transferred points follow the refined mesh (same vertex order as the canonical).
+    from regtool.registration.transfer import read_named_points
+
+    named = read_named_points(repo_root / "configs/examples/points.json", space.units)
+    assert set(record["transfer"]["points"]) == set(named)
+    for name, where in record["transfer"]["canonical"].items():
+        corners = vertices[space.faces[where["face"]]]
+        expected = np.asarray(where["barycentric"]) @ corners
+        assert np.allclose(record["transfer"]["points"][name], expected, atol=1e-6), name
+    assert "refinement" in record and record["timings"]["refine"] > 0
