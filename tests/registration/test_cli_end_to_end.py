@@ -198,3 +198,33 @@ def test_register_with_residual_refinement(bottle_artifacts, observation, tmp_pa
         expected = np.asarray(where["barycentric"]) @ corners
         assert np.allclose(record["transfer"]["points"][name], expected, atol=1e-6), name
     assert "refinement" in record and record["timings"]["refine"] > 0
+
+
+@pytest.mark.slow  # about 8 minutes on a busy 2-core CPU
+def test_evaluate_views_with_refinement(bottle_artifacts, dataset_dir, observation, tmp_path):
+    """`evaluate --views 2 --noise-draws 0` with the residual: latent-only and latent + residual
+    columns for 1 and 2 views, no pose-noise column, and a bad --views is one line."""
+    config = tmp_path / "refine.toml"
+    config.write_text((observation / "config.toml").read_text().replace(
+        'refine = "none"', 'refine = "residual"').replace(
+        "refine_iterations = 30", "refine_iterations = 3"))
+    args = ["evaluate", "--dataset", str(dataset_dir), "--category", "bottle",
+            "--shapespace", str(bottle_artifacts["shapespace"]),
+            "--unet", str(bottle_artifacts["unet"]), "--config", str(config),
+            "--noise-draws", "0"]
+    one_line_error(runner.invoke(app, [*args, "--views", "0", "--out", str(tmp_path / "x")]),
+                   "evaluate.views")
+    out = tmp_path / "eval"
+    result = runner.invoke(app, [*args, "--views", "2", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    data = json.loads((out / "results.json").read_text())
+    keys = [c["key"] for c in data["columns"]]
+    assert keys[-4:] == ["rgb_known_latent", "rgb_known", "rgb_known_views_latent",
+                         "rgb_known_views"]
+    for r in data["rows"]:
+        assert r["rgb_noisy"] is None and r["latent_3d_noisy"] is None
+        assert r["rgb_known"]["views"] == 1 and r["rgb_known_views"]["views"] == 2
+        for key in keys[-4:]:
+            assert np.isfinite(r[key]["mean"]) and r[key]["mean"] > 0, key
+        assert r["rgb_known"]["residual_max"] >= 0
+    assert "rgb_known_views/cpd_3d" in (out / "report.md").read_text()
