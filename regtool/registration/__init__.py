@@ -15,6 +15,9 @@ Map of the API (inputs -> outputs, in call order):
   rotation grid), `_descend` (one SGD descent), `_code_search`, `_keep_better`; `register`, the
   driver composing them. The backward comes from `regtool.render.diff`: a field producer
   (`image_gradient_producer` by default) and `field_to_vertex_gradients`.
+* `refine` — the last stage of `register` when `register.refine = "residual"`: a smooth
+  residual field beyond the latent space (`refine`, `RefinedResult`, `refinement_record` for
+  result.json; docs/refinement.md).
 * `result` — writing one result set atomically: `write_registration` (meshes, result.json,
   overlay.png, optimisation.gif); `figures` draws the labelled overlay and GIF frames.
 * `transfer` — named points on the canonical carried to the registered mesh.
