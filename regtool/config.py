@@ -175,7 +175,7 @@ class RegisterConfig:
                      doc="after the latent (and pose) descent: none, or a residual "
                      "displacement field v = V(z) + G W beyond the latent space, G a Gaussian "
                      "kernel on the canonical's vertices (docs/refinement.md)")
-    refine_beta: float = _f(0.45, 0.01, 100.0, unit="RMS radii", doc="refinement: width of "
+    refine_beta: float = _f(0.3, 0.01, 100.0, unit="RMS radii", doc="refinement: width of "
                             "the residual's Gaussian kernel (canonical normalised to unit RMS "
                             "radius, as CPD's beta)")
     refine_lambda: float = _f(30.0, 0.0, 1e6, doc="refinement: weight of the smoothness "
