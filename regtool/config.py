@@ -194,6 +194,27 @@ class RegisterConfig:
                       "default (one per core). At 160x120 a second thread gains little, and "
                       "two threads on a busy 2-core CPU stall each other (96 s against 8 s "
                       "measured); evaluate's workers divide the cores among themselves")
+    refine: str = _f("none", choices=("none", "residual"),
+                     doc="after the latent (and pose) descent: none, or a residual "
+                     "displacement field v = V(z) + G W beyond the latent space, G a Gaussian "
+                     "kernel on the canonical's vertices (docs/refinement.md)")
+    refine_beta: float = _f(0.3, 0.01, 100.0, unit="RMS radii", doc="refinement: width of "
+                            "the residual's Gaussian kernel (canonical normalised to unit RMS "
+                            "radius, as CPD's beta)")
+    refine_lambda: float = _f(30.0, 0.0, 1e6, doc="refinement: weight of the smoothness "
+                              "tr(W^T G W) (in RMS radii^2) against the image loss divided by "
+                              "its value at the latent result")
+    refine_mahalanobis: float = _f(0.1, 0.0, 1e6, doc="refinement: weight of the squared "
+                                   "Mahalanobis distance of the total field under the PCA "
+                                   "(out-of-space part at the smallest variance); 0: off")
+    refine_iterations: int = _f(30, 1, 100_000, doc="refinement: iterations (each renders "
+                                "every view once)")
+    refine_learning_rate: float = _f(0.05, 1e-8, 10.0, unit="RMS radii",
+                                     doc="refinement: length of the first step of the "
+                                     "residual's kernel weights; it bounds every vertex's move "
+                                     "in that step")
+    refine_rank: int = _f(64, 1, 10_000, doc="refinement: rank of the low-rank Gaussian "
+                          "kernel (Nystroem on farthest points, as CPD's)")
 
 
 @dataclass(frozen=True)
@@ -204,18 +225,23 @@ class EvaluateConfig:
                               doc="pose noise: x/y translation uniform in [-x, x]")
     pose_noise_deg: float = _f(15.0, 0.0, 180.0, unit="deg",
                                doc="pose noise: rotation uniform in [-a, a] about each axis")
-    noise_draws: int = _f(3, 1, 1000, doc="pose-noise draws per test instance")
+    noise_draws: int = _f(3, 0, 1000, doc="pose-noise draws per test instance; 0: known "
+                          "pose only")
+    views: int = _f(1, 1, 64, doc="observations of each test instance registered jointly: "
+                    "the first view and N - 1 more around it (seeded azimuths and elevations, "
+                    "known relative poses; under pose noise one shared object pose error); "
+                    "N > 1 adds the N-view columns to the 1-view ones")
     elevation_deg: tuple[float, ...] = _f((10.0, 40.0), -90.0, 90.0, unit="deg",
                                           doc="[low, high]: the observing camera's elevation "
                                           "above the object's xy-plane, uniform in the range")
     fit_iterations: int = _f(50, 1, 100_000, doc="iterations of the 3D baselines' latent fit "
                              "to the test points (shapespace.fit.fit_points)")
+    workers: int = _f(0, 0, 256, doc="parallel processes; 0: one per available core")
 
     def __post_init__(self) -> None:
         if len(self.elevation_deg) != 2 or self.elevation_deg[0] > self.elevation_deg[1]:
             raise ConfigError(f"config key 'evaluate.elevation_deg' must be [low, high] with "
                               f"low <= high, got {list(self.elevation_deg)}")
-    workers: int = _f(0, 0, 256, doc="parallel processes; 0: one per available core")
 
 
 @dataclass(frozen=True)

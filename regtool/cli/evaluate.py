@@ -42,6 +42,8 @@ def evaluate_command(
                                               "evaluate.noise_draws."),
     workers: Optional[int] = typer.Option(None, "--workers", help="Parallel processes "
                                           "(0: one per core)."),
+    views: Optional[int] = typer.Option(None, "--views", help="Override evaluate.views: "
+                                        "also register N views of each instance jointly."),
     config: Optional[Path] = ConfigOption,
 ) -> None:
     """Table 1: register every test instance (known pose, pose noise) and compare with the 3D
@@ -60,7 +62,7 @@ def evaluate_command(
 
     with reported_errors(ctx):
         cfg = command_config(ctx, config, {"evaluate": {"noise_draws": noise_draws,
-                                                   "workers": workers}})
+                                                   "workers": workers, "views": views}})
         device = resolve_device(options(ctx).device)
         check_output_dir(out)  # created only when the report is written
         manifest = verify_dataset(dataset)
@@ -81,7 +83,12 @@ def evaluate_command(
 
         env = {**software_versions(get_context().info()["renderer"]),
                "machine": platform.machine(), "device": str(device), "seed": options(ctx).seed}
-        paths = write_report(out, rows, dataset_units=manifest.units, environment=env,
+        from regtool.evaluation.report import evaluation_columns
+
+        columns = evaluation_columns(cfg.evaluate.views, cfg.register.refine != "none",
+                                     cfg.evaluate.noise_draws > 0)
+        paths = write_report(out, rows, columns=columns, dataset_units=manifest.units,
+                             environment=env,
                              config=config_to_dict(cfg),
                              timings={"total_seconds": time.perf_counter() - t0},
                              title=f"regtool evaluation: {', '.join(names)}",

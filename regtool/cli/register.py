@@ -120,6 +120,9 @@ def register_command(
                  "history": [{"iteration": h.iteration, "loss": h.loss, "lr": h.lr,
                                  "pose_step": h.pose_step, "seconds": h.seconds}
                                 for h in result.history]}
+        from regtool.registration.refine import refinement_record
+
+        extra["refinement"] = refinement_record(result, space.units)
         if named is not None:
             from regtool.registration.transfer import transfer_record
 

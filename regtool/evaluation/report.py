@@ -74,6 +74,44 @@ RATIOS: tuple[tuple[str, str], ...] = (
     ("latent_3d_noisy", "latent_3d_known"),
 )
 
+# Ratios of the multi-view and refinement columns, shown when the report has them.
+EXTRA_RATIOS: tuple[tuple[str, str], ...] = (
+    ("rgb_known", "rgb_known_latent"),
+    ("rgb_known_latent", "cpd_3d"),
+    ("rgb_known", "cpd_3d"),
+    ("rgb_known_views", "rgb_known_views_latent"),
+    ("rgb_known_views_latent", "cpd_3d"),
+    ("rgb_known_views", "cpd_3d"),
+    ("rgb_noisy", "rgb_noisy_latent"),
+    ("rgb_noisy_views", "rgb_noisy_views_latent"),
+)
+
+
+def evaluation_columns(views: int = 1, refine: bool = False,
+                       noise: bool = True) -> tuple[Column, ...]:
+    """Return the report's columns: `COLUMNS` (without the pose-noise ones when `noise` is
+    False), with a refinement the latent-only stage of each RGB column before it ("regtool,
+    latent only"; the final column is then "regtool, latent + residual"), and with `views` > 1
+    the same RGB columns for the joint registration of the views."""
+    out: list[Column] = []
+    for col in COLUMNS:
+        if not noise and col.setting == "pose noise":
+            continue
+        if col.input != "RGB":
+            out.append(col)
+            continue
+        variants = [(col.key, "")] + ([(f"{col.key}_views", f", {views} views")]
+                                      if views > 1 else [])
+        for key, suffix in variants:
+            if refine:
+                out.append(Column(f"{key}_latent", f"regtool{suffix}, latent only",
+                                  col.setting, col.input))
+                out.append(Column(key, f"regtool{suffix}, latent + residual", col.setting,
+                                  col.input))
+            else:
+                out.append(Column(key, f"regtool{suffix}", col.setting, col.input))
+    return tuple(out)
+
 METRES_PER_UNIT = REPORT_UNITS_TO_METRES
 UNIT_LABEL = {"m": "m", "cm": "cm", "mm": "mm", "um": "µm"}
 DECIMALS = {"m": 5, "cm": 3, "mm": 2, "um": 1}
@@ -370,7 +408,8 @@ def write_report(out_dir: Path, rows: Sequence[Mapping[str, Any]], *,
     unit, scale = unit_scale(dataset_units, report_units)
     decimals = DECIMALS.get(unit, 4)
     summary = summarise(rows, columns)
-    ratio_table = ratios(rows)
+    keys = {c.key for c in columns}
+    ratio_table = ratios(rows, RATIOS + tuple(p for p in EXTRA_RATIOS if set(p) <= keys))
     md = _markdown(rows, columns, summary, ratio_table, unit, scale, decimals, title)
     table_csv = _csv(rows, columns, summary, unit, scale)
     chart = bar_chart_png(summary, columns, unit, scale, title)

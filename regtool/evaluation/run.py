@@ -7,6 +7,13 @@ points (Table 1 metric: per point, L2 distance to the nearest vertex; object fra
 units) beside the references: undeformed canonical, CPD in 3D, the latent fit to the true 3D
 points (known pose, and from the same pose noise) and the latent projection of the instance's
 CPD field (the best the shape space can express).
+
+With `evaluate.views` N > 1 the instance is also observed from N - 1 more seeded viewpoints
+around the first (`rig_poses`, their own generator `views_rng`) and the N views are registered
+jointly, with known poses and, per pose-noise draw, from one shared object pose error of the
+rig (`perturb_rig`): row keys "rgb_known_views", "rgb_noisy_views". With `register.refine`
+"residual" every registration also reports its latent-only stage ("<key>_latent").
+`noise_draws` 0 skips the pose-noise registrations (their columns are then None).
 """
 
 from __future__ import annotations
@@ -95,15 +102,52 @@ def observe_instance(rng: np.random.Generator, mesh, scale: float, camera: Camer
     RGB in [0, 1]): the test mesh (dataset units, `scale` to metres) rendered photo-like at a
     seeded viewpoint at `distance` metres (`known_pose`), in a random colour on a random
     background."""
+    pose = known_pose(rng, distance, elevation_deg)
+    return pose, render_observation(rng, mesh, scale, camera, pose)
+
+
+def render_observation(rng: np.random.Generator, mesh, scale: float, camera: CameraIntrinsics,
+                       pose: Pose) -> np.ndarray:
+    """Return the observed image (H, W, 3) float32 RGB in [0, 1] of the test mesh (dataset
+    units, `scale` to metres) rendered photo-like at `pose` (metres), in a random colour on a
+    random background (drawn from `rng`, in that order)."""
     from regtool.render.shading import Material, random_background, render_shaded
 
-    pose = known_pose(rng, distance, elevation_deg)
     background = random_background(rng, camera.height, camera.width)
     colour = tuple(rng.uniform(0.15, 0.9, 3).tolist())
     observed = render_shaded(np.asarray(mesh.vertices) * scale, np.asarray(mesh.faces), pose,
                              camera, material=Material(colour, 0.1, 0.6),
                              background=background).rgb
-    return pose, observed
+    return observed
+
+
+def views_rng(seed: int, category: str, instance_index: int) -> np.random.Generator:
+    """Return the generator of one test instance's additional views (`rig_poses`), separate
+    from `instance_rng` so that the 1-view draws do not depend on the number of views."""
+    return np.random.default_rng([seed, instance_index, sum(map(ord, category)), 1])
+
+
+def rig_poses(rng: np.random.Generator, first: Pose, count: int, distance: float
+              ) -> list[Pose]:
+    """Return `count` object -> camera poses (metres): `first`, then count - 1 cameras around
+    the object at `distance`, azimuths spread evenly from the first camera's (360 / count
+    degrees apart, jittered by +/-15 degrees), elevations uniform in [10, 40] degrees."""
+    eye = -first.rotation.T @ first.translation
+    azimuth = float(np.degrees(np.arctan2(eye[1], eye[0])))
+    poses = [first]
+    for i in range(1, count):
+        poses.append(Pose.look_at(distance, azimuth_deg=azimuth + 360.0 * i / count
+                                  + float(rng.uniform(-15.0, 15.0)),
+                                  elevation_deg=float(rng.uniform(10.0, 40.0))))
+    return poses
+
+
+def perturb_rig(poses: list[Pose], noise: np.ndarray) -> list[Pose]:
+    """Return the poses of a calibrated rig after one shared object pose error: `noise` (6,)
+    applied to the first view as `perturb`, the views' relative poses kept."""
+    from regtool.registration.optimise import apply_increment
+
+    return apply_increment(poses, np.asarray(noise, np.float64), 1.0)
 
 
 def _stats(points: np.ndarray, vertices: np.ndarray) -> dict:
@@ -158,42 +202,83 @@ def evaluate_instance(job: InstanceJob) -> dict:
     pose_metres, observed = observe_instance(rng, test.mesh, scale, camera, cfg.render.distance,
                                              cfg.evaluate.elevation_deg)
     feature_loss = FeatureLoss(unet, cfg.register.loss)
+    n_views = cfg.evaluate.views
+    true_poses, images = [pose_metres], [observed]
+    if n_views > 1:  # the other views of the rig, from their own generator
+        vrng = views_rng(job.seed, job.category, job.instance_index)
+        true_poses = rig_poses(vrng, pose_metres, n_views, cfg.render.distance)
+        images += [render_observation(vrng, test.mesh, scale, camera, p)
+                   for p in true_poses[1:]]
 
-    def rgb_register(start: Pose, joint: bool) -> dict:
-        obs = make_observation(observed, camera, start, feature_loss, cfg.register.mask_dilation)
-        result = run_registration(space, unet, [obs], cfg, device, joint=joint)
+    def rgb_register(starts: list[Pose], joint: bool) -> tuple[dict, dict | None]:
+        """Return the stats of the registration of the first len(starts) views from `starts`
+        (one pose per view) and, with a refinement, those of its latent-only result (else
+        None)."""
+        from regtool.registration.refine import RefinedResult
+
+        obs = [make_observation(im, camera, p, feature_loss, cfg.register.mask_dilation)
+               for im, p in zip(images[:len(starts)], starts)]
+        result = run_registration(space, unet, obs, cfg, device, joint=joint)
         stats = _stats(points, result.vertices)
         stats.update(iterations=len(result.history), seconds=result.timings["total"],
                      stop_reason=result.stop_reason, initial_loss=result.initial_loss,
-                     best_loss=result.best_loss)
+                     best_loss=result.best_loss, views=len(obs))
+        latent = None
+        if isinstance(result, RefinedResult) and result.latent_vertices is not None:
+            latent = _stats(points, result.latent_vertices)
+            stats.update(residual_rms=result.refinement["residual_rms"],
+                         residual_max=result.refinement["residual_max"],
+                         refine_seconds=result.refinement["seconds"])
         if joint:  # how far the start and the final pose are from the true one (metres)
-            start_error, final_error = pose_error(start, pose_metres), pose_error(
+            start_error, final_error = pose_error(starts[0], pose_metres), pose_error(
                 result.poses[0], pose_metres)
-            stats.update(start_rotation_deg=start_error["rotation_deg"],
-                         start_translation_m=start_error["translation"],
-                         rotation_deg=final_error["rotation_deg"],
-                         translation_m=final_error["translation"])
-        return stats
+            pose_stats = dict(start_rotation_deg=start_error["rotation_deg"],
+                              start_translation_m=start_error["translation"],
+                              rotation_deg=final_error["rotation_deg"],
+                              translation_m=final_error["translation"])
+            stats.update(pose_stats)
+            if latent is not None:
+                latent.update(pose_stats)
+        return stats, latent
+
+    def record(key: str, value: tuple[dict, dict | None]) -> None:
+        row[key] = value[0]
+        if value[1] is not None:
+            row[f"{key}_latent"] = value[1]
 
     t0 = time.perf_counter()
-    row["rgb_known"] = rgb_register(pose_metres, joint=False)
+    record("rgb_known", rgb_register([pose_metres], joint=False))
     timings["rgb_known"] = time.perf_counter() - t0
+    if n_views > 1:
+        t0 = time.perf_counter()
+        record("rgb_known_views", rgb_register(true_poses, joint=False))
+        timings["rgb_known_views"] = time.perf_counter() - t0
 
     from regtool.evaluation.report import mean_over_draws
 
-    noisy_rgb, noisy_3d = [], []
+    noisy: dict[str, list] = {}
+    noisy_3d = []
     t0 = time.perf_counter()
     for _ in range(cfg.evaluate.noise_draws):
         noise = pose_noise(rng, cfg.evaluate.pose_noise_xy, cfg.evaluate.pose_noise_deg)
-        noisy_rgb.append(rgb_register(perturb(pose_metres, noise), joint=True))
+        draws = {"rgb_noisy": rgb_register([perturb(pose_metres, noise)], joint=True)}
+        if n_views > 1:  # one shared object pose error of the calibrated rig
+            draws["rgb_noisy_views"] = rgb_register(perturb_rig(true_poses, noise), joint=True)
+        for key, (final, latent) in draws.items():
+            noisy.setdefault(key, []).append(final)
+            if latent is not None:
+                noisy.setdefault(f"{key}_latent", []).append(latent)
         # The same noise for the 3D fit: an object-frame perturbation of the initial pose.
         rot = Pose.identity().compose(noise[:3], noise[3:] / scale)
         fit_noisy = fit_points(space, points, pose=rot, optimise_pose=True,
                                iterations=cfg.evaluate.fit_iterations)
         noisy_3d.append(_stats(points, space.deform_numpy(fit_noisy.z)))
-    timings["pose_noise"] = time.perf_counter() - t0
-    row["rgb_noisy"] = mean_over_draws(noisy_rgb)
-    row["latent_3d_noisy"] = mean_over_draws(noisy_3d)
+    if cfg.evaluate.noise_draws > 0:
+        timings["pose_noise"] = time.perf_counter() - t0
+    for key, draws_list in noisy.items():
+        row[key] = mean_over_draws(draws_list)
+    row["rgb_noisy"] = row.get("rgb_noisy")
+    row["latent_3d_noisy"] = mean_over_draws(noisy_3d) if noisy_3d else None
     row["timings"] = timings
     return row
 

@@ -20,6 +20,9 @@ Map of the API (inputs -> outputs, in call order):
   index, the iteration's record, the renderings, the observations) after every loss
   evaluation. The backward comes from `regtool.render.diff`: a field producer
   (`image_gradient_producer` by default) and `field_to_vertex_gradients`.
+* `refine` — the last stage of `register` when `register.refine = "residual"`: a smooth
+  residual field beyond the latent space (`refine`, `RefinedResult`, `refinement_record` for
+  result.json; docs/refinement.md).
 * `result` — writing one result set atomically: `write_registration` (meshes, result.json,
   overlay.png, optimisation.gif); `figures` draws the labelled overlay and GIF frames.
 * `transfer` — named points on the canonical carried to the registered mesh.

@@ -210,14 +210,18 @@ class _Best:
 
 def forward(problem: Problem, code: torch.Tensor, delta: torch.Tensor,
             n_views: int | None = None, with_loss: bool = True,
-            timings: dict[str, float] | None = None) -> Rendering:
+            timings: dict[str, float] | None = None,
+            residual: torch.Tensor | None = None) -> Rendering:
     """The forward pass of every stage: latent code z (k,) -> deformed vertices -> posed by the
     increment `delta` (6,) (see `posed_vertices`) from the observations' poses -> rendered ->
     loss against the observations. Gradients flow to `code` and `delta` unless called under
     torch.no_grad(). n_views: only the first n views (default all); with_loss: False renders
-    only; timings: "render" and "features" seconds are added to it."""
+    only; timings: "render" and "features" seconds are added to it; residual: (M, 3)
+    displacements added to the deformed vertices (shape-space units; `refine`)."""
     observations = problem.observations[:n_views]
     vertices = problem.space.deform(code)
+    if residual is not None:
+        vertices = vertices + residual
     cams = posed_vertices(vertices * problem.unit, [o.pose for o in observations], delta,
                           problem.radius)
     images, masks = [], []
@@ -272,7 +276,7 @@ def register(space, observations: list[Observation], loss_fn: Callable,
     first = _descend(problem, config, device, callbacks, u0, delta0, start,
                      time.perf_counter() - t0)
     if not search:
-        return first
+        return _refine(problem, first, config, device)
     t0 = time.perf_counter()
     moved = problem.at_poses(first.poses)
     best = _code_search(moved, config, device)
@@ -283,7 +287,15 @@ def register(space, observations: list[Observation], loss_fn: Callable,
                       torch.as_tensor(best, dtype=torch.float64, device=device) / problem.std,
                       torch.zeros(6, dtype=torch.float64, device=device), "best training code",
                       descent=1)
-    return _keep_better(first, second, search_s)
+    return _refine(problem, _keep_better(first, second, search_s), config, device)
+
+
+def _refine(problem: Problem, result: RegistrationResult, config: RegisterConfig,
+            device: torch.device) -> RegistrationResult:
+    """The last stage: `refine.refine` (a residual beyond the latent space, if configured)."""
+    from regtool.registration.refine import refine
+
+    return refine(problem, result, config, device)
 
 
 def _axis_mask(config: RegisterConfig, device: torch.device) -> torch.Tensor:

@@ -154,3 +154,81 @@ def test_evaluate_missing_artifact(dataset_dir, tmp_path):
                                  "bottle", "--shapespace", str(tmp_path / "{category}.npz"),
                                  "--unet", str(tmp_path / "u.pt"), "--out", str(tmp_path / "e")])
     one_line_error(result, "shape space", "bottle")
+
+
+def test_register_with_residual_refinement(bottle_artifacts, observation, tmp_path, repo_root):
+    """A real registration (U-Net features) with the residual: result.json records how far the
+    mesh left the latent space, the mesh keeps the canonical's faces and is not broken (flipped
+    faces and self-intersections counted against the latent mesh), --transfer works."""
+    import trimesh
+
+    from regtool.geometry.quality import flipped_faces, self_intersections
+    from regtool.shapespace.space import ShapeSpace
+
+    config = tmp_path / "refine.toml"
+    config.write_text((observation / "config.toml").read_text().replace(
+        'refine = "none"', 'refine = "residual"').replace(
+        "refine_iterations = 30", "refine_iterations = 6"))
+    out = tmp_path / "reg"
+    args = _register_args(bottle_artifacts, observation, out, "--transfer",
+                          str(repo_root / "configs/examples/points.json"))
+    args[args.index("--config") + 1] = str(config)
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    record = json.loads((out / "result.json").read_text())
+    refinement = record["refinement"]
+    assert refinement["method"] == "residual" and refinement["units"] == "m"
+    assert refinement["iterations"] <= 6 and refinement["refined_loss"] <= refinement[
+        "latent_loss"]
+    space = ShapeSpace.load(bottle_artifacts["shapespace"])
+    mesh = trimesh.load(out / "deformed.ply", process=False)
+    vertices = np.asarray(mesh.vertices)
+    assert np.array_equal(np.asarray(mesh.faces), space.faces)
+    latent = space.deform_numpy(record["z"])
+    moves = np.linalg.norm(vertices - latent, axis=1)
+    assert refinement["residual_max"] == pytest.approx(moves.max(), abs=1e-5)
+    assert refinement["residual_rms"] == pytest.approx(np.sqrt((moves ** 2).mean()), abs=1e-5)
+    assert flipped_faces(latent, vertices, space.faces) == 0
+    assert self_intersections(vertices, space.faces) <= self_intersections(latent, space.faces)
+    assert refinement["self_intersections"]["after"] <= refinement["self_intersections"][
+        "before"]
+    # The transferred points follow the refined mesh (same vertex order as the canonical).
+    from regtool.registration.transfer import read_named_points
+
+    named = read_named_points(repo_root / "configs/examples/points.json", space.units)
+    assert set(record["transfer"]["points"]) == set(named)
+    for name, where in record["transfer"]["canonical"].items():
+        corners = vertices[space.faces[where["face"]]]
+        expected = np.asarray(where["barycentric"]) @ corners
+        assert np.allclose(record["transfer"]["points"][name], expected, atol=1e-6), name
+    assert "refinement" in record and record["timings"]["refine"] > 0
+
+
+@pytest.mark.slow  # about 8 minutes on a busy 2-core CPU
+def test_evaluate_views_with_refinement(bottle_artifacts, dataset_dir, observation, tmp_path):
+    """`evaluate --views 2 --noise-draws 0` with the residual: latent-only and latent + residual
+    columns for 1 and 2 views, no pose-noise column, and a bad --views is one line."""
+    config = tmp_path / "refine.toml"
+    config.write_text((observation / "config.toml").read_text().replace(
+        'refine = "none"', 'refine = "residual"').replace(
+        "refine_iterations = 30", "refine_iterations = 3"))
+    args = ["evaluate", "--dataset", str(dataset_dir), "--category", "bottle",
+            "--shapespace", str(bottle_artifacts["shapespace"]),
+            "--unet", str(bottle_artifacts["unet"]), "--config", str(config),
+            "--noise-draws", "0"]
+    one_line_error(runner.invoke(app, [*args, "--views", "0", "--out", str(tmp_path / "x")]),
+                   "evaluate.views")
+    out = tmp_path / "eval"
+    result = runner.invoke(app, [*args, "--views", "2", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    data = json.loads((out / "results.json").read_text())
+    keys = [c["key"] for c in data["columns"]]
+    assert keys[-4:] == ["rgb_known_latent", "rgb_known", "rgb_known_views_latent",
+                         "rgb_known_views"]
+    for r in data["rows"]:
+        assert r["rgb_noisy"] is None and r["latent_3d_noisy"] is None
+        assert r["rgb_known"]["views"] == 1 and r["rgb_known_views"]["views"] == 2
+        for key in keys[-4:]:
+            assert np.isfinite(r[key]["mean"]) and r[key]["mean"] > 0, key
+        assert r["rgb_known"]["residual_max"] >= 0
+    assert "rgb_known_views/cpd_3d" in (out / "report.md").read_text()
