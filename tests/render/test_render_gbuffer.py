@@ -184,9 +184,9 @@ def test_nothing_in_view_gives_an_empty_gbuffer():
 def test_pyrender_observation_and_gbuffer_agree(mesh_name, size, request):
     """The photo-like observation's mask (pyrender, what evaluate and train-unet see; coverage
     alpha >= 0.5, train-unet's label; its depth > 0 was 0.35 px off before) and the
-    differentiable renderer's G-buffer (what register renders) cover the same pixels: they differ only on the silhouette's boundary, and the
-    centroids agree to a fraction of a pixel (a half-pixel convention slip would shift them by
-    0.5 px, a flipped row order by many)."""
+    differentiable renderer's G-buffer (what register renders) cover the same pixels: they
+    differ only on the silhouette's boundary, and the centroids agree to a fraction of a pixel
+    (a half-pixel convention slip would shift them by 0.5 px, a flipped row order by many)."""
     from scipy.ndimage import binary_dilation, binary_erosion, maximum_filter, minimum_filter
 
     from regtool.render.shading import render_shaded
