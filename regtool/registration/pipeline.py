@@ -67,8 +67,9 @@ def make_observation(image: np.ndarray, camera: CameraIntrinsics, pose: Pose, fe
 
 def run_registration(space, unet, observations: list[Observation], config: Config,
                      device: torch.device, joint: bool | None = None,
-                     callback=None) -> RegistrationResult:
-    """Register the shape space to the observations; `joint` overrides config.register.joint.
+                     callback=None, start_code: np.ndarray | None = None) -> RegistrationResult:
+    """Register the shape space to the observations; `joint` overrides config.register.joint,
+    `start_code` (k,) is the latent code to start from (`optimise.register`; None: config).
 
     RegistrationError before any optimisation if an initial pose does not show the canonical
     (`inputs.check_pose_in_view`); RenderError if a view is larger, supersampled, than the
@@ -98,7 +99,8 @@ def run_registration(space, unet, observations: list[Observation], config: Confi
         # makes the loss jump as single pixels flip (at 160x120 the shapes differ by 1-3 pixels).
         return diff_render_supersampled(vertices_cam, faces, camera, settings, reg.supersample)
 
-    return register(space, observations, loss_fn, render_fn, reg, device, callback=callback)
+    return register(space, observations, loss_fn, render_fn, reg, device, callback=callback,
+                    start_code=start_code)
 
 
 _STOP_REASONS = {"iterations": "at the iteration limit", "plateau": "on a plateau",
