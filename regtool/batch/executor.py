@@ -231,6 +231,8 @@ class RayExecutor(Executor):
             self._started = True
         self._actor_cls = ray.remote(RayWorker)
         self._lost = _lost_errors()
+        self._start_errors: tuple[type[BaseException], ...] = (ray.exceptions.RayError,
+                                                               *self._lost)
         self._queue: deque[tuple[int, Callable, Any, int]] = deque()
         self._idle: deque[Any] = deque()
         self._starting: dict[Any, Any] = {}  # ready() ref -> actor
@@ -243,6 +245,22 @@ class RayExecutor(Executor):
     def _start_actor(self) -> None:
         actor: Any = self._actor_cls.options(**self._options).remote(*self._args)
         self._starting[actor.ready.remote()] = actor
+
+    def wait_ready(self, timeout: float | None = None) -> int:
+        """Block until every actor being started is up (or `timeout` seconds passed); return
+        the number of actors up."""
+        refs = list(self._starting)
+        if refs:
+            ready, _ = self._ray.wait(refs, num_returns=len(refs), timeout=timeout)
+            for ref in ready:
+                actor = self._starting.pop(ref)
+                try:
+                    self._where[actor] = tuple(self._ray.get(ref))
+                except self._start_errors:
+                    continue
+                self._idle.append(actor)
+            self._dispatch()
+        return len(self._where)
 
     @property
     def nodes(self) -> dict[Any, tuple[str, int]]:
@@ -285,7 +303,7 @@ class RayExecutor(Executor):
                 actor = self._starting.pop(ref)
                 try:
                     self._where[actor] = tuple(ray.get(ref))
-                except (ray.exceptions.RayError, *self._lost) as exc:
+                except self._start_errors as exc:
                     if not self._where and not self._starting:  # none came up: give up
                         raise ConfigError(f"no Ray worker could start: "
                                           f"{str(exc).strip().splitlines()[-1]}") from exc
@@ -327,20 +345,25 @@ class RayExecutor(Executor):
             self._ray.shutdown()
 
 
+def check_executor(kind: str, address: str | None = None) -> None:
+    """ConfigError for an unknown executor kind or a Ray address without `--executor ray`."""
+    if kind not in EXECUTORS:
+        raise ConfigError(f"unknown executor '{kind}' (use {' or '.join(EXECUTORS)})")
+    if address is not None and kind != "ray":
+        raise ConfigError("--ray-address needs --executor ray")
+
+
 def make_executor(kind: str, workers: int, *, address: str | None = None, threads: int = 1,
                   gl: bool = True) -> Executor:
     """Return the executor for `--executor kind` with `workers` workers: "local" (in this
     process when `workers` is 1, else a process pool) or "ray" (`address`: None for a local
     Ray, "auto" or "HOST:PORT" for a cluster). ConfigError for an unknown kind, fewer than one
     worker, or an address without Ray."""
-    if kind not in EXECUTORS:
-        raise ConfigError(f"unknown executor '{kind}' (use {' or '.join(EXECUTORS)})")
+    check_executor(kind, address)
     if workers < 1:
         raise ConfigError(f"--workers must be at least 1, got {workers}")
     if kind == "ray":
         return RayExecutor(workers, address, threads=threads, gl=gl)
-    if address is not None:
-        raise ConfigError("--ray-address needs --executor ray")
     if workers == 1:
         return InlineExecutor()
     return LocalExecutor(workers, threads)

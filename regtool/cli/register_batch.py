@@ -45,7 +45,7 @@ def register_batch_command(
     failed."""
     import os
 
-    from regtool.batch.executor import opened
+    from regtool.batch.executor import check_executor, opened
     from regtool.batch.jobs import read_jobs
     from regtool.batch.run import run_batch
     from regtool.device import resolve_device
@@ -56,6 +56,7 @@ def register_batch_command(
         opts = options(ctx)
         device = str(resolve_device(opts.device))
         check_output_dir(out)
+        check_executor(executor, ray_address)
         batch = read_jobs(jobs, shapespace=shapespace, unet=unet, config_path=config,
                           profile=opts.config_profile())
         n = workers if workers is not None else (os.cpu_count() or 1)
