@@ -82,16 +82,18 @@ DRIVER = textwrap.dedent("""
     import sys, time
     from regtool.batch.executor import make_executor
 
-    executor = make_executor(sys.argv[1], 2, gl=False)
-    pids = set()
-    while len(pids) < 2:  # both workers up
-        t = [executor.submit(time.sleep, 0.3) for _ in range(2)]
-        while executor.pending:
-            pids |= {d.pid for d in executor.wait()}
-    for _ in range(2):
-        executor.submit(time.sleep, 600)
-    print(" ".join(map(str, sorted(pids))), flush=True)
-    time.sleep(600)
+    if __name__ == "__main__":
+        executor = make_executor(sys.argv[1], 2, gl=False)
+        pids = set()
+        while len(pids) < 2:  # both workers up
+            for _ in range(2):
+                executor.submit(time.sleep, 0.3)
+            while executor.pending:
+                pids |= {d.pid for d in executor.wait()}
+        for _ in range(2):
+            executor.submit(time.sleep, 600)
+        print(" ".join(map(str, sorted(pids))), flush=True)
+        time.sleep(600)
 """)
 
 
@@ -109,13 +111,14 @@ def test_workers_end_with_a_killed_driver(kind, tmp_path):
     """The driver is killed with SIGKILL (no clean-up runs): its workers end too."""
     script = tmp_path / "driver.py"
     script.write_text(DRIVER)
-    proc = subprocess.Popen([sys.executable, str(script), kind], stdout=subprocess.PIPE,
-                            stderr=subprocess.DEVNULL, text=True,
-                            env={**os.environ, "RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0"})
+    with open(tmp_path / "stderr.txt", "w") as err:
+        proc = subprocess.Popen([sys.executable, str(script), kind], stdout=subprocess.PIPE,
+                                stderr=err, text=True)
     try:
         line = proc.stdout.readline()
         pids = [int(p) for p in line.split()]
-        assert len(pids) == 2 and all(_alive(p) for p in pids), line
+        assert len(pids) == 2 and all(_alive(p) for p in pids), \
+            (tmp_path / "stderr.txt").read_text()[-3000:]
     finally:
         proc.kill()
         proc.wait()
