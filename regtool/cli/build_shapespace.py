@@ -56,8 +56,8 @@ def build_shapespace_command(
         pool: Any = contextlib.nullcontext(None)
         if executor is not None or ray_address is not None or workers is not None:
             check_executor(executor or "local", ray_address)
-            pool = opened(executor or "local", workers or os.cpu_count() or 1,
-                          address=ray_address, threads=1, gl=False)
+            count = workers if workers is not None else (os.cpu_count() or 1)
+            pool = opened(executor or "local", count, address=ray_address, threads=1, gl=False)
         with progress_bar(f"CPD {category}", None) as advance, pool as tasks:
             space, report = build_shapespace(
                 dataset, category, cfg, opts.seed, device,
