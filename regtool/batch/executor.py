@@ -221,7 +221,8 @@ class RayExecutor(Executor):
                                       "configure_logging": False}
             try:
                 if address is None:
-                    ray.init(num_cpus=max(1, int(round(workers * cpus))), **kwargs)
+                    ray.init(address="local", num_cpus=max(1, int(round(workers * cpus))),
+                             **kwargs)
                 else:
                     ray.init(address=address, **kwargs)
             except (ConnectionError, RuntimeError, ValueError) as exc:

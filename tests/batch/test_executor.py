@@ -31,7 +31,7 @@ def _collect(executor, calls):
 @pytest.mark.parametrize("kind", ["inline", "local", "ray"])
 def test_calls_run_and_a_failing_call_is_isolated(kind):
     if kind == "ray":
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
         executor = RayExecutor(2, gl=False)
     else:
         executor = InlineExecutor() if kind == "inline" else LocalExecutor(2)
@@ -56,7 +56,7 @@ def test_calls_run_and_a_failing_call_is_isolated(kind):
 
 
 def test_a_lost_ray_worker_is_replaced_and_its_call_runs_again():
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         executor = RayExecutor(2, gl=False, max_attempts=3)
         assert executor.wait_ready(timeout=120) == 2

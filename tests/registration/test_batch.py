@@ -23,7 +23,7 @@ runner = CliRunner()
 def local_ray():
     """A local Ray instance of 2 CPUs for the module (the executors join it)."""
     ray = pytest.importorskip("ray")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield ray
     ray.shutdown()
 

@@ -34,7 +34,7 @@ def test_evaluate_on_ray_equals_the_local_pool(bottle_artifacts, dataset_dir, qu
     rows = {}
     for executor in ("local", "ray"):
         if executor == "ray":
-            ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+            ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
         try:
             out = tmp_path / executor
             result = runner.invoke(app, [

@@ -40,7 +40,7 @@ def test_cpd_fits_on_executors_equal_the_sequential_build(dataset_dir, tmp_path)
     config = tmp_path / "tiny.toml"
     config.write_text(TINY)
     arrays, report = _build(dataset_dir, config, tmp_path / "seq.npz")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         runs = {"ray": _build(dataset_dir, config, tmp_path / "ray.npz", "--executor", "ray",
                               "--workers", "2")}
