@@ -99,4 +99,13 @@ for d in sorted(p for p in out.iterdir() if p.is_dir()):
         bad.append((d.name, sorted(names), sets))
 print(f"{sum(1 for p in out.iterdir() if p.is_dir())} job folders, incomplete: {bad or 'none'}")
 EOF
+"$V/python" - "$OUT/batch" "$OUT/batch_kill" <<'EOF' | tee -a "$OUT/demo.log"
+import csv, json, sys
+from pathlib import Path
+first, second = (Path(p) for p in sys.argv[1:3])
+jobs = [r["job"] for r in csv.DictReader(open(second / "summary.csv"))]
+same = [j for j in jobs if json.loads((first / j / "result.json").read_text())["z"]
+        == json.loads((second / j / "result.json").read_text())["z"]]
+print(f"jobs of the second batch with the same z as in the first: {len(same)} of {len(jobs)}")
+EOF
 log "stopping the cluster"
