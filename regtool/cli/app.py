@@ -15,7 +15,9 @@ from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
     Progress,
+    ProgressColumn,
     SpinnerColumn,
+    Task,
     TextColumn,
     TimeElapsedColumn,
     TimeRemainingColumn,
@@ -135,13 +137,33 @@ ConfigOption = typer.Option(None, "--config", "-c", help="TOML config layered on
                             "defaults (configs/default.toml) and the --profile.", dir_okay=False)
 
 
+class RateColumn(ProgressColumn):
+    """Throughput of a task in `unit`s per minute (since its start)."""
+
+    def __init__(self, unit: str) -> None:
+        super().__init__()
+        self.unit = unit
+
+    def render(self, task: Task) -> Text:
+        elapsed = task.elapsed or 0.0
+        if not task.completed or elapsed <= 0:
+            return Text(f"-- {self.unit}/min", style="progress.data.speed")
+        return Text(f"{60.0 * task.completed / elapsed:.1f} {self.unit}/min",
+                    style="progress.data.speed")
+
+
 @contextlib.contextmanager
-def progress_bar(description: str, total: int | None) -> Iterator[Callable[..., None]]:
+def progress_bar(description: str, total: int | None,
+                 rate_unit: str | None = None) -> Iterator[Callable[..., None]]:
     """Yield `advance(n=1, text=None, total=None)` driving a rich progress bar (shown on
-    stderr); `total` sets the number of steps once it is known."""
-    columns = [SpinnerColumn(), TextColumn("[bold]{task.description}"), BarColumn(),
-               MofNCompleteColumn(), TextColumn("{task.fields[info]}"), TimeElapsedColumn(),
-               TimeRemainingColumn()]
+    stderr); `total` sets the number of steps once it is known; `rate_unit` (e.g. "jobs") adds
+    the throughput in those units per minute."""
+    columns: list[ProgressColumn | str] = [
+        SpinnerColumn(), TextColumn("[bold]{task.description}"), BarColumn(),
+        MofNCompleteColumn(), TextColumn("{task.fields[info]}"), TimeElapsedColumn(),
+        TimeRemainingColumn()]
+    if rate_unit is not None:
+        columns.insert(4, RateColumn(rate_unit))
     with Progress(*columns, console=Console(stderr=True), transient=True) as progress:
         task = progress.add_task(description, total=total, info="")
 

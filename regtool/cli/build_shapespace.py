@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import typer
 
@@ -28,10 +28,21 @@ def build_shapespace_command(
         None, "--out", "-o", help="Output .npz (default runs/<category>/shapespace.npz); the "
         ".json report is written next to it."),
     latent_dim: Optional[int] = typer.Option(None, "--latent-dim", help="Latent dimensions."),
+    executor: Optional[str] = typer.Option(None, "--executor", help="Run the per-instance CPD "
+                                           "fits as tasks: local (processes on this machine) "
+                                           "or ray (default: one after the other here)."),
+    ray_address: Optional[str] = typer.Option(None, "--ray-address", help="With --executor "
+                                              "ray: 'auto' or HOST:PORT of a running cluster."),
+    workers: Optional[int] = typer.Option(None, "--workers", help="With --executor: parallel "
+                                          "workers (default: one per core of this machine)."),
     config: Optional[Path] = ConfigOption,
 ) -> None:
     """Learn a category's latent shape space: CPD canonical -> each training mesh, PCA over
     the displacement fields; writes the .npz artifact and a .json report."""
+    import contextlib
+    import os
+
+    from regtool.batch.executor import check_executor, opened
     from regtool.device import resolve_device
     from regtool.shapespace.build import build_shapespace
 
@@ -41,10 +52,16 @@ def build_shapespace_command(
         out_path = out if out is not None else Path("runs") / category / "shapespace.npz"
         if out_path.suffix != ".npz":
             out_path = out_path.with_suffix(".npz")
-        with progress_bar(f"CPD {category}", None) as advance:
+        device = resolve_device(opts.device)
+        pool: Any = contextlib.nullcontext(None)
+        if executor is not None or ray_address is not None or workers is not None:
+            check_executor(executor or "local", ray_address)
+            count = workers if workers is not None else (os.cpu_count() or 1)
+            pool = opened(executor or "local", count, address=ray_address, threads=1, gl=False)
+        with progress_bar(f"CPD {category}", None) as advance, pool as tasks:
             space, report = build_shapespace(
-                dataset, category, cfg, opts.seed, resolve_device(opts.device),
-                progress=lambda name, done, total: advance(1, name, total))
+                dataset, category, cfg, opts.seed, device,
+                progress=lambda name, done, total: advance(1, name, total), executor=tasks)
         for warning in report["warnings"]:
             err_console.print(f"[yellow]warning:[/yellow] {warning}")
         path = space.save(out_path, report)

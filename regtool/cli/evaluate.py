@@ -44,6 +44,11 @@ def evaluate_command(
                                           "(0: one per core)."),
     views: Optional[int] = typer.Option(None, "--views", help="Override evaluate.views: "
                                         "also register N views of each instance jointly."),
+    executor: str = typer.Option("local", "--executor", help="local (processes on this "
+                                 "machine) or ray (Ray actors, one per worker)."),
+    ray_address: Optional[str] = typer.Option(None, "--ray-address", help="With --executor "
+                                              "ray: 'auto' or HOST:PORT of a running cluster "
+                                              "(default: a local Ray for this run)."),
     config: Optional[Path] = ConfigOption,
 ) -> None:
     """Table 1: register every test instance (known pose, pose noise) and compare with the 3D
@@ -72,13 +77,17 @@ def evaluate_command(
             manifest.category(c)
         spaces = {c: _artifact(shapespace, c, "shape space") for c in names}
         unets = {c: _artifact(unet, c, "U-Net checkpoint") for c in names}
+        from regtool.batch.executor import check_executor
+
+        check_executor(executor, ray_address)
         for c in names:  # fail fast on corrupted or mismatched artifacts
             load_models(spaces[c], unets[c], device)
         total = sum(len(manifest.category(c).test) for c in names)
         t0 = time.perf_counter()
         with progress_bar("evaluate", total) as advance:
             rows = evaluate(dataset, names, spaces, unets, cfg, options(ctx).seed, str(device),
-                            progress=lambda name: advance(1, name))
+                            progress=lambda name: advance(1, name), executor=executor,
+                            address=ray_address)
         from regtool.render.context import get_context
 
         env = {**software_versions(get_context().info()["renderer"]),

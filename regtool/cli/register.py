@@ -19,17 +19,6 @@ from regtool.cli.app import (
 )
 
 
-def _per_view(values: list[Path], n: int, what: str) -> list[Path]:
-    from regtool.errors import RegistrationError
-
-    if len(values) == n:
-        return values
-    if len(values) == 1:
-        return values * n
-    raise RegistrationError(f"{n} images but {len(values)} {what} files: give one, or one per "
-                            f"image")
-
-
 @app.command("register")
 def register_command(
     ctx: typer.Context,
@@ -55,94 +44,29 @@ def register_command(
 ) -> None:
     """Register the category's canonical mesh to observed image(s): writes the deformed mesh
     (PLY, OBJ), result.json, overlay.png and optimisation.gif."""
-    import numpy as np
+    import contextlib
 
-    from regtool.device import resolve_device, torch_threads
-    from regtool.errors import RegistrationError
-    from regtool.features.compare import FeatureLoss
-    from regtool.io import check_output_dir
-    from regtool.registration.inputs import read_camera, read_image, read_mask, read_pose
-    from regtool.registration.pipeline import (
-        load_models,
-        make_observation,
-        run_registration,
-        summary_line,
-    )
-    from regtool.registration.result import ViewResult, software_versions, write_registration
-    from regtool.render.context import check_render_size
+    from regtool.device import resolve_device
+    from regtool.registration.job import JobInputs, register_job, registration_steps
+    from regtool.registration.pipeline import summary_line
 
     with reported_errors(ctx):
         cfg = command_config(ctx, config, {"register": {"iterations": iterations,
                                                    "joint": True if joint else None}})
         device = resolve_device(options(ctx).device)
-        check_output_dir(out)  # created only when the results are written
-        cameras = [read_camera(p) for p in _per_view(camera, len(image), "camera")]
-        for c in cameras:  # before any work: the supersampled size must fit the GL limits
-            check_render_size(c.width, c.height, cfg.register.supersample)
-        if len(pose) != len(image):
-            raise RegistrationError(f"{len(image)} images but {len(pose)} pose files: give one "
-                                    f"pose per image")
-        poses = [read_pose(p) for p in pose]
-        masks: list[np.ndarray | None] = [None] * len(image)
-        if mask:
-            masks = [read_mask(p, (c.width, c.height), resize)
-                     for p, c in zip(_per_view(mask, len(image), "mask"), cameras)]
-        images = [read_image(p, (c.width, c.height), resize) for p, c in zip(image, cameras)]
-        named = None
-        space, net, _meta = load_models(shapespace, unet, device)
-        if transfer is not None:
-            from regtool.registration.transfer import (
-                SURFACE_TOLERANCE,
-                far_from_surface,
-                read_named_points,
-            )
+        inputs = JobInputs(images=tuple(image), cameras=tuple(camera), poses=tuple(pose),
+                           masks=tuple(mask or ()), transfer=transfer, resize=resize)
+        with contextlib.ExitStack() as stack:
+            bar: list = []  # the progress bar opens at the first iteration, after the checks
 
-            named = read_named_points(transfer, space.units)
-            far = far_from_surface(space.canonical_vertices, space.faces, named)
-            if far:
-                listed = ", ".join(f"{n} ({d:.3g} {space.units})" for n, d in far.items())
-                warn(f"transfer points further than {SURFACE_TOLERANCE:.0%} of the object's "
-                     f"size from the canonical's surface: {listed}; they are projected onto "
-                     f"it (another frame or unit? see result.json transfer.far_from_surface)")
-        loss = FeatureLoss(net, cfg.register.loss)
-        observations = [make_observation(im, c, p, loss, cfg.register.mask_dilation, m)
-                        for im, c, p, m in zip(images, cameras, poses, masks)]
-        reg = cfg.register
-        steps = reg.iterations + 1 + (reg.pose_warmup if reg.joint else 0)
-        with (progress_bar("register", steps * (2 if reg.start == "search" else 1)) as advance,
-              torch_threads(reg.threads)):
-            result = run_registration(space, net, observations, cfg, device,
-                                      callback=lambda rec: advance(1, f"loss {rec.loss:.5f}"))
-        extra = {"category": space.category, "units": space.units,
-                 "stop_reason": result.stop_reason, "initial_loss": result.initial_loss,
-                 "descents": result.descents,
-                 "shapespace": str(shapespace), "unet": str(unet),
-                 "history": [{"iteration": h.iteration, "loss": h.loss, "lr": h.lr,
-                                 "pose_step": h.pose_step, "seconds": h.seconds}
-                                for h in result.history]}
-        from regtool.registration.refine import refinement_record
+            def advance(rec) -> None:
+                if not bar:
+                    bar.append(stack.enter_context(
+                        progress_bar("register", registration_steps(cfg.register))))
+                bar[0](1, f"loss {rec.loss:.5f}")
 
-        extra["refinement"] = refinement_record(result, space.units)
-        if named is not None:
-            from regtool.registration.transfer import transfer_record
-
-            extra["transfer"] = transfer_record(space.canonical_vertices, space.faces,
-                                                result.vertices, named, space.units)
-        from regtool.render.context import get_context
-
-        views = [ViewResult(observed=o.image, rendered=img, rendered_mask=m, pose=p,
-                            camera=o.camera, initial_pose=o.pose, observed_mask=o.mask,
-                            image_path=str(path))
-                 for o, img, m, p, path in zip(observations, result.final_images,
-                                               result.final_masks, result.poses, image)]
-        from regtool.config import config_to_dict
-
-        paths = write_registration(
-            out, vertices=result.vertices, faces=space.faces, z=np.asarray(result.z),
-            views=views, losses=[h.loss for h in result.history],
-            frames=result.frames or None, timings=result.timings,
-            versions=software_versions(get_context().info()["renderer"]),
-            config=config_to_dict(cfg), extra=extra)
-        console.print(summary_line(result))
-        names = ", ".join(sorted(p.name for p in paths.values()))
+            output = register_job(out, shapespace, unet, inputs, cfg, device, callback=advance,
+                                  warn=warn)
+        console.print(summary_line(output.result))
+        names = ", ".join(sorted(p.name for p in output.paths.values()))
         console.print(f"results in [bold]{out}[/bold]: {names}")

@@ -18,12 +18,7 @@ rig (`perturb_rig`): row keys "rgb_known_views", "rgb_noisy_views". With `regist
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
 import os
-import signal
-import sys
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from regtool.batch.executor import _die_with_parent, worker_pool  # noqa: F401 (moved there)
 from regtool.config import Config
 from regtool.geometry.camera import CameraIntrinsics, Pose
 from regtool.units import UNITS_TO_METRES
@@ -285,9 +281,12 @@ def evaluate_instance(job: InstanceJob) -> dict:
 
 def evaluate(dataset_root: Path, categories: list[str], shapespaces: dict[str, Path],
              unets: dict[str, Path], config: Config, seed: int, device: str,
-             progress=None) -> list[dict]:
-    """Return the report rows of every test instance of `categories`, evaluated in parallel
-    processes when `config.evaluate.workers` (0: one per core) allows."""
+             progress=None, executor: str = "local", address: str | None = None) -> list[dict]:
+    """Return the report rows of every test instance of `categories`, evaluated on `executor`
+    ("local": in this process, or in parallel processes when `config.evaluate.workers` (0: one
+    per core) allows; "ray": on that many Ray actors, `address` as `batch.executor.RayExecutor`)
+    with the same numbers for the same worker count."""
+    from regtool.batch.executor import opened, run_all
     from regtool.data.manifest import read_manifest
 
     manifest = read_manifest(dataset_root)
@@ -300,58 +299,13 @@ def evaluate(dataset_root: Path, categories: list[str], shapespaces: dict[str, P
     workers = max(1, min(workers, len(jobs)))
     if device.startswith("cuda"):
         workers = 1
-    if workers == 1:
-        rows: list[dict] = []
-        for job in jobs:
-            rows.append(evaluate_instance(job))
-            if progress:
-                progress(f"{job.category}/{rows[-1]['instance']}")
-        return rows
-    import concurrent.futures as cf
+    if workers > 1 or executor != "local":
+        threads = max(1, (os.cpu_count() or 1) // workers)
+        jobs = [InstanceJob(**{**job.__dict__, "threads": threads}) for job in jobs]
 
-    threads = max(1, (os.cpu_count() or 1) // workers)
-    jobs = [InstanceJob(**{**job.__dict__, "threads": threads}) for job in jobs]
-    with worker_pool(workers) as pool:
-        futures = {pool.submit(evaluate_instance, job): k for k, job in enumerate(jobs)}
-        by_job: dict[int, dict] = {}
-        for fut in cf.as_completed(futures):
-            k = futures[fut]
-            by_job[k] = fut.result()
-            if progress:
-                progress(f"{jobs[k].category}/{by_job[k]['instance']}")
-    return [by_job[k] for k in range(len(jobs))]
+    def report(k: int, row: dict) -> None:
+        if progress:
+            progress(f"{jobs[k].category}/{row['instance']}")
 
-
-_PR_SET_PDEATHSIG = 1  # linux/prctl.h
-
-
-def worker_pool(workers: int):
-    """Return a process pool (`concurrent.futures.ProcessPoolExecutor`, spawn start method) of
-    `workers` processes that end when this process ends, also when it is killed with SIGKILL
-    and cannot shut the pool down (`_die_with_parent`). Submit from the thread that keeps the
-    pool: Linux signals a worker when the thread that started it ends."""
-    import concurrent.futures as cf
-    import multiprocessing as mp
-
-    return cf.ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"),
-                                  initializer=_die_with_parent, initargs=(os.getpid(),))
-
-
-def _die_with_parent(parent_pid: int) -> None:
-    """Pool worker initializer: end this process (SIGKILL) when its parent `parent_pid` ends, by
-    PR_SET_PDEATHSIG on Linux and, everywhere, a daemon thread that polls the parent id."""
-    if sys.platform.startswith("linux"):
-        with contextlib.suppress(OSError, AttributeError):
-            libc = ctypes.CDLL(None, use_errno=True)
-            libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
-    if os.getppid() != parent_pid:  # the parent died before the signal was set up
-        os._exit(1)
-    threading.Thread(target=_watch_parent, args=(parent_pid,), name="regtool-parent-watch",
-                     daemon=True).start()
-
-
-def _watch_parent(parent_pid: int, interval_s: float = 0.5) -> None:
-    """Return never: exit the process once its parent is no longer `parent_pid`."""
-    while os.getppid() == parent_pid:
-        time.sleep(interval_s)
-    os._exit(1)
+    with opened(executor, workers, address=address, threads=0) as pool:
+        return run_all(pool, evaluate_instance, jobs, report)

@@ -34,12 +34,25 @@ def validate_mesh(vertices: np.ndarray, faces: np.ndarray, name: str = "mesh") -
         raise MeshError(f"{name}: degenerate mesh (zero surface area)")
 
 
+_TEXT_FORMATS = (".obj", ".off")  # mesh formats that are text only
+
+
 def load_mesh(path: Path) -> trimesh.Trimesh:
     """Return the triangle mesh in `path` (vertex order kept, no merging); MeshError if missing,
     unreadable, empty, non-finite or degenerate."""
     path = Path(path)
     if not path.is_file():
         raise MeshError(f"mesh file not found: {path}")
+    if path.suffix.lower() in _TEXT_FORMATS:
+        # trimesh decodes any bytes when charset-normalizer is installed (it comes with Ray's
+        # dependencies), reading binary garbage as an empty mesh: refuse it here instead.
+        try:
+            binary = b"\x00" in path.read_bytes()
+        except OSError as exc:
+            raise MeshError(f"cannot read mesh {path}: {exc.strerror or exc}") from exc
+        if binary:
+            raise MeshError(f"cannot read mesh {path}: binary data in a "
+                            f"{path.suffix.lower()[1:].upper()} (text) file")
     try:
         mesh = trimesh.load(path, force="mesh", process=False)
     except Exception as exc:  # trimesh raises many types for malformed files

@@ -76,8 +76,10 @@ def make_observation(image: np.ndarray, camera: CameraIntrinsics, pose: Pose, fe
 def run_registration(space, unet, observations: list[Observation], config: Config,
                      device: torch.device, joint: bool | None = None,
                      callback: Callable[[IterationRecord], None] | None = None,
-                     callbacks: Sequence[Callback] = ()) -> RegistrationResult:
-    """Register the shape space to the observations; `joint` overrides config.register.joint.
+                     callbacks: Sequence[Callback] = (),
+                     start_code: np.ndarray | None = None) -> RegistrationResult:
+    """Register the shape space to the observations; `joint` overrides config.register.joint,
+    `start_code` (k,) is the latent code to start from (`optimise.register`; None: config).
     `callback` gets every loss evaluation's record (a progress bar), `callbacks` the whole
     `IterationEvent`; with config.register.gif the result carries the kept descent's GIF frames.
 
@@ -115,7 +117,8 @@ def run_registration(space, unet, observations: list[Observation], config: Confi
         hooks.append(lambda event: callback(event.record))
     if gif is not None:
         hooks.append(gif)
-    result = register(space, observations, loss_fn, render_fn, reg, device, callbacks=hooks)
+    result = register(space, observations, loss_fn, render_fn, reg, device, callbacks=hooks,
+                      start_code=start_code)
     if gif is not None:
         result.frames = gif.frames(result.kept_descent)
     return result

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +40,8 @@ def shapespace_from_meshes(canonical: tuple[np.ndarray, np.ndarray],
                            *, category: str = "category", units: str = "m",
                            input_hashes: dict[str, str] | None = None,
                            sources: dict[str, str] | None = None,
-                           progress: Progress | None = None) -> tuple[ShapeSpace, dict[str, Any]]:
+                           progress: Progress | None = None,
+                           executor=None) -> tuple[ShapeSpace, dict[str, Any]]:
     """Return (ShapeSpace, report) from in-memory meshes given as (vertices (V, 3), faces (F, 3)).
 
     Seeded sampling (numpy Generator from `seed`): M = template_points on the canonical,
@@ -49,7 +51,8 @@ def shapespace_from_meshes(canonical: tuple[np.ndarray, np.ndarray],
     distances (units, see METRIC), timings and parameters, and under "warnings" the training
     meshes whose size differs from the canonical's by more than 3x. MeshError for bad meshes,
     fewer than 2 training instances, or a training mesh more than 10x larger or smaller than the
-    canonical (named by `sources`: name -> file, default its name).
+    canonical (named by `sources`: name -> file, default its name). `executor`: run the CPD
+    fits as tasks on it (`regtool.batch.executor`; None: one after the other here).
     """
     t_start = time.perf_counter()
     if len(train) < 2:
@@ -64,28 +67,22 @@ def shapespace_from_meshes(canonical: tuple[np.ndarray, np.ndarray],
     template = sample_surface(cv, cf, config.template_points, rng)
     cpd_kwargs = config.cpd_kwargs()
     names = list(train)
-    displacements, weights, per_instance, eval_points = [], [], [], {}
-    kernel_at_vertices = None
-    t_cpd = 0.0
-    for done, name in enumerate(names, start=1):
+    eval_points = {}
+    tasks = []
+    for name in names:  # every draw in the order of one instance after the other
         v, f = (np.asarray(train[name][0], np.float64), np.asarray(train[name][1], np.int64))
         target = sample_surface(v, f, config.target_points, rng)
         eval_points[name] = sample_surface(v, f, config.report_points, rng)
-        t0 = time.perf_counter()
-        res = nonrigid_cpd(template, target, device=device, dtype=torch.float64, **cpd_kwargs)
-        disp = to_numpy(res.field(cv))
-        dt = time.perf_counter() - t0
-        t_cpd += dt
-        if kernel_at_vertices is None and config.basis == "weights":
-            kernel_at_vertices = to_numpy(gaussian_kernel(
-                torch.as_tensor(cv), torch.as_tensor(template), res.beta))
-        displacements.append(disp)
-        weights.append(to_numpy(res.W))
-        per_instance.append({"name": name, "cpd_iterations": res.iterations,
-                             "cpd_converged": res.converged, "cpd_sigma": res.sigma2 ** 0.5,
-                             "cpd_lowrank": res.lowrank, "cpd_seconds": round(dt, 3)})
-        if progress is not None:
-            progress(name, done, len(train))
+        tasks.append(CpdTask(name, template, target, cv, str(device), cpd_kwargs))
+    fits = _fit_all(tasks, executor, progress)
+    displacements = [fit.displacement for fit in fits]
+    weights = [fit.weights for fit in fits]
+    per_instance = [fit.info for fit in fits]
+    t_cpd = sum(fit.seconds for fit in fits)
+    kernel_at_vertices = None
+    if config.basis == "weights":
+        kernel_at_vertices = to_numpy(gaussian_kernel(
+            torch.as_tensor(cv), torch.as_tensor(template), fits[0].beta))
     t0 = time.perf_counter()
     params = {**cpd_kwargs, "template_points": config.template_points,
               "target_points": config.target_points, "normalisation":
@@ -134,6 +131,68 @@ def shapespace_from_meshes(canonical: tuple[np.ndarray, np.ndarray],
     return space, report
 
 
+@dataclass(frozen=True)
+class CpdTask:
+    """One training instance's CPD fit: template points (M, 3) on the canonical, target points
+    (N, 3) on the instance, the canonical's vertices (V, 3) (dataset units), the device and
+    `nonrigid_cpd`'s keyword arguments."""
+
+    name: str
+    template: np.ndarray
+    target: np.ndarray
+    canonical_vertices: np.ndarray
+    device: str
+    cpd_kwargs: dict[str, Any]
+
+
+@dataclass
+class CpdFit:
+    """The outcome of a `CpdTask`: displacement field at the canonical's vertices (V, 3), CPD
+    weights W (M, 3), the report's per-instance entry, CPD's beta, and seconds taken."""
+
+    displacement: np.ndarray
+    weights: np.ndarray
+    info: dict[str, Any]
+    beta: float
+    seconds: float
+
+
+def fit_instance(task: CpdTask) -> CpdFit:
+    """Return the CPD fit (canonical template -> instance target, float64) of `task`."""
+    t0 = time.perf_counter()
+    res = nonrigid_cpd(task.template, task.target, device=torch.device(task.device),
+                       dtype=torch.float64, **task.cpd_kwargs)
+    disp = to_numpy(res.field(task.canonical_vertices))
+    dt = time.perf_counter() - t0
+    info = {"name": task.name, "cpd_iterations": res.iterations,
+            "cpd_converged": res.converged, "cpd_sigma": res.sigma2 ** 0.5,
+            "cpd_lowrank": res.lowrank, "cpd_seconds": round(dt, 3)}
+    return CpdFit(disp, to_numpy(res.W), info, res.beta, dt)
+
+
+def _fit_all(tasks: list[CpdTask], executor=None,
+             progress: Progress | None = None) -> list[CpdFit]:
+    """Return the fits of `tasks` in their order: one after the other in this process, or as
+    tasks on `executor` (`regtool.batch.executor`); `progress(name, done, total)` after each."""
+    if executor is None:
+        fits = []
+        for done, task in enumerate(tasks, start=1):
+            fits.append(fit_instance(task))
+            if progress is not None:
+                progress(task.name, done, len(tasks))
+        return fits
+    from regtool.batch.executor import run_all
+
+    count = [0]
+
+    def report(i: int, _fit: CpdFit) -> None:
+        count[0] += 1
+        if progress is not None:
+            progress(tasks[i].name, count[0], len(tasks))
+
+    return run_all(executor, fit_instance, tasks, report)
+
+
 def check_sizes(canonical_vertices: np.ndarray, train: dict[str, np.ndarray], units: str,
                 sources: dict[str, str] | None = None) -> list[str]:
     """Return a warning per training mesh (vertices (V, 3)) whose size (bounding-box diagonal)
@@ -161,18 +220,18 @@ def check_sizes(canonical_vertices: np.ndarray, train: dict[str, np.ndarray], un
 
 
 def build_shapespace(dataset_root: Path, category: str, config: ShapeSpaceConfig, seed: int,
-                     device: str | torch.device = "cpu",
-                     progress: Progress | None = None) -> tuple[ShapeSpace, dict[str, Any]]:
+                     device: str | torch.device = "cpu", progress: Progress | None = None,
+                     executor=None) -> tuple[ShapeSpace, dict[str, Any]]:
     """Return (ShapeSpace, report) for `category` of the dataset at `dataset_root`.
 
     The dataset is verified against its manifest (DatasetError if the category is missing, has
     fewer than 2 training meshes, or a file does not match); meshes are validated (MeshError for
     empty, degenerate or non-finite ones). `progress(name, done, total)` is called after each
-    training instance. Units are the dataset's.
+    training instance; `executor` runs the CPD fits (None: here). Units are the dataset's.
     """
     t0 = time.perf_counter()
     data = load_training_data(dataset_root, category)
-    space, report = build_from_category(data, config, seed, device, progress)
+    space, report = build_from_category(data, config, seed, device, progress, executor)
     report["dataset"] = str(Path(dataset_root))
     report["timings"]["load_s"] = round(time.perf_counter() - t0 - report["timings"]["total_s"], 3)
     report["timings"]["total_s"] = round(time.perf_counter() - t0, 3)
@@ -189,10 +248,12 @@ def load_training_data(dataset_root: Path, category: str):
 
 def build_from_category(data, config: ShapeSpaceConfig, seed: int,
                         device: str | torch.device = "cpu",
-                        progress: Progress | None = None) -> tuple[ShapeSpace, dict[str, Any]]:
-    """Return (ShapeSpace, report) from a loaded `regtool.data.dataset.CategoryData`."""
+                        progress: Progress | None = None,
+                        executor=None) -> tuple[ShapeSpace, dict[str, Any]]:
+    """Return (ShapeSpace, report) from a loaded `regtool.data.dataset.CategoryData`; `executor`
+    as in `shapespace_from_meshes`."""
     return shapespace_from_meshes(
         (np.asarray(data.canonical.vertices), np.asarray(data.canonical.faces)),
         {n: (np.asarray(m.vertices), np.asarray(m.faces)) for n, m in data.train.items()},
         config, seed, device, category=data.name, units=data.units, input_hashes=data.hashes,
-        sources=data.paths, progress=progress)
+        sources=data.paths, progress=progress, executor=executor)
