@@ -37,10 +37,10 @@ def batch_dir(dataset_dir, quick_config, bottle_artifacts, tmp_path_factory) -> 
     d = tmp_path_factory.mktemp("batch")
     cfg = replace(quick_config, register=replace(quick_config.register, iterations=3))
     (d / "config.toml").write_text(config_toml(cfg))
-    jobs = write_demo_jobs(dataset_dir, "bottle", d, 2, width=cfg.render.width,
-                           height=cfg.render.height)
-    track = write_demo_jobs(dataset_dir, "bottle", d / "video", 2, width=cfg.render.width,
-                            height=cfg.render.height, seed=5, track_length=2)
+    jobs = write_demo_jobs(dataset_dir, "bottle", d, 2, width=cfg.unet.image_width,
+                           height=cfg.unet.image_height)
+    track = write_demo_jobs(dataset_dir, "bottle", d / "video", 2, width=cfg.unet.image_width,
+                            height=cfg.unet.image_height, seed=5, track_length=2)
     lines = jobs.read_text().splitlines()
     for line in track.read_text().splitlines():
         job = json.loads(line)
