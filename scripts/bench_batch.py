@@ -50,8 +50,7 @@ def main() -> None:
         jobs_file = write_demo_jobs(args.dataset, args.category, root / "jobs",
                                     warm_n + args.jobs, width=width, height=height, seed=11)
         cfg = root / "config.toml"
-        cfg.write_text(f"[register]\niterations = {args.iterations}\nthreads = 1\n"
-                       f"[render]\nwidth = {width}\nheight = {height}\n")
+        cfg.write_text(f"[register]\niterations = {args.iterations}\nthreads = 1\n")
         jobs = read_jobs(jobs_file, shapespace=args.shapespace, unet=args.unet, config_path=cfg)
         for workers in counts:
             t0 = time.perf_counter()
