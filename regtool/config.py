@@ -197,6 +197,12 @@ class EvaluateConfig:
                                doc="pose noise: rotation uniform in [-a, a] about each axis")
     noise_draws: int = _f(3, 1, 1000, doc="pose-noise draws per test instance")
     workers: int = _f(0, 0, 256, doc="parallel processes; 0: one per available core")
+    backgrounds: str = _f("", doc="observations composited onto crops of photos: '' the "
+                          "plain rendered backgrounds, 'builtin' the held-back built-in photos "
+                          "(astronaut, chelsea, coffee, rocket), else a folder of images; one "
+                          "row per test instance and photo")
+    occlusion: float = _f(0.0, 0.0, 0.9, unit="fraction", doc="share of the object's pixels a "
+                          "random textured occluder covers in the observations")
 
 
 @dataclass(frozen=True)

@@ -63,13 +63,13 @@ def register_command(
     from regtool.io import check_output_dir
     from regtool.registration.inputs import read_camera, read_image, read_mask, read_pose
     from regtool.registration.pipeline import (
+        at_network_scale,
         load_models,
         make_observation,
         run_registration,
         summary_line,
     )
     from regtool.registration.result import ViewResult, software_versions, write_registration
-    from regtool.render.context import check_render_size
 
     with reported_errors(ctx):
         cfg = command_config(ctx, config, {"register": {"iterations": iterations,
@@ -77,8 +77,6 @@ def register_command(
         device = resolve_device(options(ctx).device)
         check_output_dir(out)  # created only when the results are written
         cameras = [read_camera(p) for p in _per_view(camera, len(image), "camera")]
-        for c in cameras:  # before any work: the supersampled size must fit the GL limits
-            check_render_size(c.width, c.height, cfg.register.supersample)
         if len(pose) != len(image):
             raise RegistrationError(f"{len(image)} images but {len(pose)} pose files: give one "
                                     f"pose per image")
@@ -89,7 +87,13 @@ def register_command(
                      for p, c in zip(_per_view(mask, len(image), "mask"), cameras)]
         images = [read_image(p, (c.width, c.height), resize) for p, c in zip(image, cameras)]
         named = None
-        space, net, _meta = load_models(shapespace, unet, device)
+        space, net, meta = load_models(shapespace, unet, device)
+        # Any image size: each view at the scale the U-Net was trained at (the camera follows).
+        net_views = [at_network_scale(im, c, p, space, meta, cfg, m)
+                     for im, c, p, m in zip(images, cameras, poses, masks)]
+        for k, nv in enumerate(net_views):
+            for line in nv.warnings:
+                warn(line if len(net_views) == 1 else f"image {k + 1}: {line}")
         if transfer is not None:
             from regtool.registration.transfer import (
                 SURFACE_TOLERANCE,
@@ -105,8 +109,9 @@ def register_command(
                      f"size from the canonical's surface: {listed}; they are projected onto "
                      f"it (another frame or unit? see result.json transfer.far_from_surface)")
         loss = FeatureLoss(net, cfg.register.loss)
-        observations = [make_observation(im, c, p, loss, cfg.register.mask_dilation, m)
-                        for im, c, p, m in zip(images, cameras, poses, masks)]
+        observations = [make_observation(nv.image, nv.camera, p, loss,
+                                         cfg.register.mask_dilation, nv.mask)
+                        for nv, p in zip(net_views, poses)]
         reg = cfg.register
         steps = reg.iterations + 1 + (reg.pose_warmup if reg.joint else 0)
         with (progress_bar("register", steps * (2 if reg.start == "search" else 1)) as advance,
@@ -117,6 +122,7 @@ def register_command(
                  "stop_reason": result.stop_reason, "initial_loss": result.initial_loss,
                  "descents": result.descents,
                  "shapespace": str(shapespace), "unet": str(unet),
+                 "network_views": [nv.record() for nv in net_views],
                  "history": [{"iteration": h.iteration, "loss": h.loss, "lr": h.lr,
                                  "pose_step": h.pose_step, "seconds": h.seconds}
                                 for h in result.history]}

@@ -95,12 +95,20 @@ def load_backgrounds(folder: Path | None, max_images: int = 64,
     DatasetError if the folder is missing or holds no readable image."""
     if folder is None:
         return ()
+    return tuple(img for _, img in load_named_backgrounds(folder, max_images, max_side))
+
+
+def load_named_backgrounds(folder: Path, max_images: int = 64, max_side: int = 640
+                           ) -> tuple[tuple[str, np.ndarray], ...]:
+    """Return (file name, image) pairs of `load_backgrounds`."""
     import imageio.v3 as iio
+
+    from regtool.render.clutter import as_rgb_uint8
 
     folder = Path(folder)
     if not folder.is_dir():
         raise DatasetError(f"backgrounds folder not found: {folder}")
-    images: list[np.ndarray] = []
+    images: list[tuple[str, np.ndarray]] = []
     for path in sorted(folder.iterdir()):
         if path.suffix.lower() not in IMAGE_SUFFIXES or len(images) >= max_images:
             continue
@@ -110,16 +118,9 @@ def load_backgrounds(folder: Path | None, max_images: int = 64,
                 img = np.asarray(iio.imread(path))
         except Exception:  # unreadable files are skipped; an empty result is an error below
             continue
-        if img.ndim == 2:
-            img = np.repeat(img[..., None], 3, axis=2)
-        if img.ndim != 3 or img.shape[2] < 3:
+        if not (img.ndim == 2 or (img.ndim == 3 and img.shape[2] >= 3)):
             continue
-        img = img[..., :3]
-        if img.dtype != np.uint8:
-            scale = 255.0 / (65535.0 if img.dtype == np.uint16 else max(float(img.max()), 1.0))
-            img = np.clip(img.astype(np.float64) * scale + 0.5, 0, 255).astype(np.uint8)
-        step = int(math.ceil(max(img.shape[:2]) / max_side))
-        images.append(np.ascontiguousarray(img[::step, ::step]))
+        images.append((path.name, as_rgb_uint8(img, max_side)))
     if not images:
         raise DatasetError(f"backgrounds folder {folder} holds no readable image "
                            f"({', '.join(IMAGE_SUFFIXES)})")
@@ -219,8 +220,8 @@ def _render_distractor(other: ViewMesh, pose, camera, sampler: ViewSampler,
 
     depth_factor = rng.uniform(near, far)
     offset = rng.uniform(-1.0, 1.0, 2) * 0.12 * pose.translation[2]
-    t = np.array([pose.translation[0] * depth_factor + offset[0], pose.translation[1] * depth_factor + offset[1],
-                  pose.translation[2] * depth_factor])
+    t = np.asarray(pose.translation, np.float64) * depth_factor
+    t[:2] += offset
     other_pose = Pose(sample_pose(rng, sampler).rotation, t)
     return render_shaded(other.vertices, other.faces, other_pose, camera, random_material(rng),
                          random_lighting(rng), background, vertex_normals=other.normals)

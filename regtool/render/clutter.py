@@ -87,6 +87,17 @@ def photo_crop(rng: np.random.Generator, photo: np.ndarray, height: int, width: 
     return np.ascontiguousarray(crop, dtype=np.float32)
 
 
+def cover_crop(img: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Return `img` (h, w, 3) float scaled (keeping its aspect ratio) to just cover
+    (height, width) and cut to it about its centre: (height, width, 3) float32."""
+    h, w = img.shape[:2]
+    s = max(height / h, width / w)
+    nh, nw = max(height, int(math.ceil(h * s - 1e-9))), max(width, int(math.ceil(w * s - 1e-9)))
+    big = resize(img, nh, nw) if (nh, nw) != (h, w) else np.asarray(img, np.float32)
+    y0, x0 = (nh - height) // 2, (nw - width) // 2
+    return np.ascontiguousarray(big[y0:y0 + height, x0:x0 + width], dtype=np.float32)
+
+
 def resize(img: np.ndarray, height: int, width: int) -> np.ndarray:
     """Return `img` (h, w, C) resampled to (height, width, C) float32: area-averaged where it
     shrinks (anti-aliased), bilinear where it grows; pixel centres map onto pixel centres."""
