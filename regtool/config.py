@@ -176,6 +176,12 @@ class RegisterConfig:
                                     "about and translations along the camera axes)")
     mask_dilation: int = _f(8, 0, 256, unit="px",
                             doc="pixels added around the object region the loss is taken in")
+    weighting: str = _f("region", choices=("region", "probability"),
+                        doc="pixels the comparison weighs: 'region' every pixel of the "
+                        "dilated object region alike, 'probability' (instead of the region) "
+                        "each pixel by the larger of the observation's object probability "
+                        "(dilated by mask_dilation) and the rendering's (loss features+mask "
+                        "or mask)")
     supersample: int = _f(3, 1, 8, doc="render at N x the image size and average down "
                           "(anti-aliasing)")
     centre_start: bool = _f(True, doc="joint mode: first centre the silhouette on the object "

@@ -97,7 +97,7 @@ def run_registration(space, unet, observations: list[Observation], config: Confi
     from regtool.render.diff import DiffRenderSettings, diff_render_supersampled
 
     reg = config.register if joint is None else replace(config.register, joint=joint)
-    loss = FeatureLoss(unet, reg.loss)
+    loss = FeatureLoss(unet, reg.loss, reg.weighting, reg.mask_dilation)
     observed = [image_tensor(o.image, device) for o in observations]
     regions = [None if o.region is None else
                torch.as_tensor(o.region, device=device)[None, None] for o in observations]
