@@ -121,16 +121,16 @@ class UNetConfig:
     distance_jitter: float = _f(0.2, 0.0, 0.9, unit="fraction",
                                 doc="relative jitter of the working distance of training views")
     train_threads: int = _f(0, 0, 256, doc="torch threads; 0: cores - max(1, render_workers)")
-    clutter: float = _f(0.6, 0.0, 1.0, unit="probability", doc="training views with a "
+    clutter: float = _f(0.5, 0.0, 1.0, unit="probability", doc="training views with a "
                         "structured background: a photo crop (built-in training photos and "
                         "--backgrounds), dead leaves or textured shapes (0: flat, gradient, "
                         "noise as before)")
-    distractors: float = _f(0.4, 0.0, 1.0, unit="probability", doc="training views with 1-2 "
+    distractors: float = _f(0.2, 0.0, 1.0, unit="probability", doc="training views with 1-2 "
                             "meshes of the dataset's other categories behind / in front of the "
                             "object")
-    occluders: float = _f(0.3, 0.0, 1.0, unit="probability", doc="training views with a "
+    occluders: float = _f(0.2, 0.0, 1.0, unit="probability", doc="training views with a "
                           "textured occluder over 5-40 % of the object")
-    photometric: float = _f(0.5, 0.0, 1.0, unit="probability", doc="training views with "
+    photometric: float = _f(0.3, 0.0, 1.0, unit="probability", doc="training views with "
                             "colour jitter, blur and sensor noise")
     builtin_photos: bool = _f(True, doc="structured backgrounds include scikit-image's bundled "
                               "training photos (render.clutter.TRAIN_PHOTOS; the held-back ones "

@@ -190,10 +190,11 @@ def render_view(mesh: ViewMesh, sampler: ViewSampler, rng: np.random.Generator
     img = render_shaded(mesh.vertices, mesh.faces, pose, camera, material, lighting, background,
                         vertex_normals=mesh.normals)
     rgb_f, label = img.rgb, np.where(img.alpha >= 0.5, mesh.label, 0).astype(np.uint8)
+    full = int((label > 0).sum())
     for other in front:  # in front, kept only if at least half of the object stays visible
         shaded = _render_distractor(other, pose, camera, sampler, rng, rgb_f, 0.6, 0.85)
         hidden = shaded.alpha >= 0.5
-        if (label > 0).sum() and ((label > 0) & ~hidden).sum() >= 0.5 * (label > 0).sum():
+        if full and ((label > 0) & ~hidden).sum() >= 0.5 * full:
             rgb_f, label = shaded.rgb, np.where(hidden, 0, label).astype(np.uint8)
     if sampler.occluders > 0 and rng.uniform() < sampler.occluders:
         from regtool.render.clutter import occlude
