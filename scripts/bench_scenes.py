@@ -84,9 +84,10 @@ def run_instance(args, category: str, index: int, cfg, space, unet, meta, device
                         photo, occ)
                 row = {"category": category, "instance": test.name, "scene": scene,
                        "occlusion": occ, "size": size, "canonical_mm": canonical}
-                for label, start, joint in ([("known", pose, False)]
-                                            + [(f"noise{k}", perturb(pose, n), True)
-                                               for k, n in enumerate(noises)]):
+                starts = [(f"noise{k}", perturb(pose, n), True) for k, n in enumerate(noises)]
+                if not args.no_known:
+                    starts.insert(0, ("known", pose, False))
+                for label, start, joint in starts:
                     t0 = time.perf_counter()
                     nv = at_network_scale(image, camera, start, space, meta, cfg, visible)
                     obs = make_observation(nv.image, nv.camera, start, loss,
@@ -118,6 +119,8 @@ def main() -> None:
     ap.add_argument("--occlusion", default="0", help="fractions, comma-separated")
     ap.add_argument("--sizes", default="160x120", help="WxH, comma-separated")
     ap.add_argument("--noise-draws", type=int, default=0)
+    ap.add_argument("--no-known", action="store_true", help="only the pose-noise draws")
+    ap.add_argument("--weighting", default=None, help="override register.weighting")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--config", default=None)
     ap.add_argument("--out", required=True)
@@ -128,7 +131,8 @@ def main() -> None:
     from regtool.registration.pipeline import load_models
 
     torch.set_num_threads(1)
-    cfg = load_config(Path(args.config) if args.config else None)
+    overrides = {"register": {"weighting": args.weighting}} if args.weighting else None
+    cfg = load_config(Path(args.config) if args.config else None, overrides)
     device = torch.device("cpu")
     rows = []
     for category in args.category.split(","):
