@@ -4,7 +4,8 @@ Per category and test instance: the evaluation's observation (`evaluation.run`: 
 pose, colour and background as `regtool evaluate`), registered with the known pose (and
 `--noise-draws` pose-noise draws, joint mode) over the plain rendered background, over crops of
 the held-back built-in photos, with `--occlusion` of the object covered, and rendered at each
-`--sizes` (same field of view; brought to the U-Net's scale by `rescale.network_view`). Reports
+`--sizes` (same field of view, the background drawn at the first size and resampled: the same
+scene; brought to the U-Net's scale by `rescale.network_view`). Reports
 the Table 1 error (mean distance of the instance's evaluation points to the nearest deformed
 vertex, mm) and the segmentation IoU of the U-Net on the registered view. No 3D references but
 the undeformed canonical: it is a quick check, not `regtool evaluate`.
@@ -12,6 +13,7 @@ the undeformed canonical: it is a quick check, not `regtool evaluate`.
     .venv/bin/python scripts/bench_scenes.py --dataset D --category bottle \
         --shapespace 'A/{category}/shapespace.npz' --unet 'B/{category}/unet.pt' \
         --scenes plain,builtin --occlusion 0,0.2 --sizes 160x120 --out runs/bench/bottle.json
+    .venv/bin/python scripts/bench_scenes.py table known_mm runs/bench/bottle.json [MORE.json]
 """
 
 from __future__ import annotations
@@ -68,8 +70,9 @@ def run_instance(args, category: str, index: int, cfg, space, unet, meta, device
         camera = CameraIntrinsics.from_fov(w, h, cfg.render.fov_y_deg)
         rng = instance_rng(args.seed, category, index)
         reference_seeds(rng)
+        base = tuple(int(x) for x in args.sizes.split(",")[0].split("x"))
         pose, shaded, plain = observe_instance_shaded(rng, test.mesh, scale, camera,
-                                                      cfg.render.distance)
+                                                      cfg.render.distance, base)
         noises = [pose_noise(rng, cfg.evaluate.pose_noise_xy, cfg.evaluate.pose_noise_deg)
                   for _ in range(args.noise_draws)]
         for scene in scenes:
@@ -108,7 +111,37 @@ def run_instance(args, category: str, index: int, cfg, space, unet, meta, device
     return rows
 
 
+def summarise(paths: list[str], key: str) -> str:
+    """Return a Markdown table of `key` (e.g. known_mm, noise_mm, known_iou) per instance
+    (rows) and scene / occlusion / size (columns) from bench JSON files (one column group per
+    file), with a mean row."""
+    cols: dict[tuple, dict[str, float]] = {}
+    for path in paths:
+        tag = Path(path).stem
+        for r in json.loads(Path(path).read_text())["rows"]:
+            if key not in r:
+                continue
+            col = (tag, r["scene"], r["occlusion"], r["size"])
+            cols.setdefault(col, {})[f"{r['category']}/{r['instance']}"] = r[key]
+    names = sorted({n for c in cols.values() for n in c})
+    head = ["instance"] + [f"{t} {s}" + (f" occ {o:g}" if o else "") + (
+        f" {z}" if z != "160x120" else "") for t, s, o, z in cols]
+    lines = ["| " + " | ".join(head) + " |", "| --- |" + " ---: |" * len(cols)]
+    for n in names + ["mean"]:
+        cells = []
+        for c in cols.values():
+            v = float(np.mean(list(c.values()))) if n == "mean" else c.get(n)
+            cells.append("" if v is None else f"{v:.2f}" if "mm" in key else f"{v:.3f}")
+        lines.append(f"| {n} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main() -> None:
+    import sys
+
+    if len(sys.argv) > 2 and sys.argv[1] == "table":  # table KEY FILE...
+        print(summarise(sys.argv[3:], sys.argv[2]))
+        return
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--dataset", required=True)
     ap.add_argument("--category", required=True, help="comma-separated")

@@ -98,13 +98,22 @@ def observe_instance(rng: np.random.Generator, mesh, scale: float, camera: Camer
 
 
 def observe_instance_shaded(rng: np.random.Generator, mesh, scale: float,
-                            camera: CameraIntrinsics, distance: float):
+                            camera: CameraIntrinsics, distance: float,
+                            background_size: tuple[int, int] | None = None):
     """Return (pose, `ShadedImage`, background (H, W, 3) float32) of `observe_instance` (the
-    same draws from `rng`, the same image)."""
+    same draws from `rng`, the same image). `background_size` (W, H): draw the background at
+    that size and resample it to the camera's, so that cameras of one field of view and
+    different sizes see the same scene (the draws depend on the size drawn at)."""
     from regtool.render.shading import Material, random_background, render_shaded
 
     pose = known_pose(rng, distance)
-    background = random_background(rng, camera.height, camera.width)
+    if background_size is None or tuple(background_size) == (camera.width, camera.height):
+        background = random_background(rng, camera.height, camera.width)
+    else:
+        from regtool.render.clutter import resize
+
+        small = random_background(rng, int(background_size[1]), int(background_size[0]))
+        background = resize(small, camera.height, camera.width)
     colour = tuple(rng.uniform(0.15, 0.9, 3).tolist())
     shaded = render_shaded(np.asarray(mesh.vertices) * scale, np.asarray(mesh.faces), pose,
                            camera, material=Material(colour, 0.1, 0.6), background=background)

@@ -90,3 +90,27 @@ def test_warnings_for_small_and_cut_off_objects():
     big = network_view(ramp(1280, 960), CameraIntrinsics.from_fov(1280, 960, 40.0), pose, BOX,
                        SCALE)
     assert big.warnings == ()
+
+
+@pytest.mark.gl
+def test_a_larger_photo_of_the_same_scene_becomes_the_training_size_view(dataset_dir):
+    """The evaluation's observation of a test bottle rendered at 160x120 and at 640x480 (same
+    field of view, the same scene): the 640x480 one brought to the network's scale matches the
+    160x120 one to about 1.5 grey levels in 100, and its camera is the 160x120 camera."""
+    from regtool.data.dataset import load_category
+    from regtool.evaluation.run import instance_rng, observe_instance_shaded
+
+    mesh = load_category(dataset_dir, "bottle").test[0].mesh
+    views = {}
+    for w, h in ((160, 120), (640, 480)):
+        camera = CameraIntrinsics.from_fov(w, h, 40.0)
+        pose, shaded, _ = observe_instance_shaded(instance_rng(0, "bottle", 0), mesh, 1.0,
+                                                  camera, 0.6, (160, 120))
+        views[w] = network_view(shaded.rgb, camera, pose, np.asarray(mesh.vertices), SCALE,
+                                shaded.alpha >= 0.5)
+    small, big = views[160], views[640]
+    assert not small.resampled and big.resampled and big.scale == (0.25, 0.25)
+    assert big.camera == small.camera
+    assert np.abs(big.image - small.image).mean() < 0.015
+    iou = (big.mask & small.mask).sum() / (big.mask | small.mask).sum()
+    assert iou > 0.95, iou
