@@ -142,6 +142,20 @@ class UNetConfig:
     distance_jitter: float = _f(0.2, 0.0, 0.9, unit="fraction",
                                 doc="relative jitter of the working distance of training views")
     train_threads: int = _f(0, 0, 256, doc="torch threads; 0: cores - max(1, render_workers)")
+    clutter: float = _f(0.5, 0.0, 1.0, unit="probability", doc="training views with a "
+                        "structured background: a photo crop (built-in training photos and "
+                        "--backgrounds), dead leaves or textured shapes (0: flat, gradient, "
+                        "noise as before)")
+    distractors: float = _f(0.2, 0.0, 1.0, unit="probability", doc="training views with 1-2 "
+                            "meshes of the dataset's other categories behind / in front of the "
+                            "object")
+    occluders: float = _f(0.2, 0.0, 1.0, unit="probability", doc="training views with a "
+                          "textured occluder over 5-40 % of the object")
+    photometric: float = _f(0.3, 0.0, 1.0, unit="probability", doc="training views with "
+                            "colour jitter, blur and sensor noise")
+    builtin_photos: bool = _f(True, doc="structured backgrounds include scikit-image's bundled "
+                              "training photos (render.clutter.TRAIN_PHOTOS; the held-back ones "
+                              "are never trained on)")
 
 
 @dataclass(frozen=True)
@@ -185,6 +199,12 @@ class RegisterConfig:
                                     "about and translations along the camera axes)")
     mask_dilation: int = _f(8, 0, 256, unit="px",
                             doc="pixels added around the object region the loss is taken in")
+    weighting: str = _f("region", choices=("region", "probability"),
+                        doc="pixels the comparison weighs: 'region' every pixel of the "
+                        "dilated object region alike, 'probability' (instead of the region) "
+                        "each pixel by the larger of the observation's object probability "
+                        "(dilated by mask_dilation) and the rendering's (loss features+mask "
+                        "or mask)")
     supersample: int = _f(3, 1, 8, doc="render at N x the image size and average down "
                           "(anti-aliasing)")
     centre_start: bool = _f(True, doc="joint mode: first centre the silhouette on the object "
@@ -237,6 +257,12 @@ class EvaluateConfig:
     fit_iterations: int = _f(50, 1, 100_000, doc="iterations of the 3D baselines' latent fit "
                              "to the test points (shapespace.fit.fit_points)")
     workers: int = _f(0, 0, 256, doc="parallel processes; 0: one per available core")
+    backgrounds: str = _f("", doc="observations composited onto crops of photos: '' the "
+                          "plain rendered backgrounds, 'builtin' the held-back built-in photos "
+                          "(astronaut, chelsea, coffee, rocket), else a folder of images; one "
+                          "row per test instance and photo")
+    occlusion: float = _f(0.0, 0.0, 0.9, unit="fraction", doc="share of the object's pixels a "
+                          "random textured occluder covers in the observations")
 
     def __post_init__(self) -> None:
         if len(self.elevation_deg) != 2 or self.elevation_deg[0] > self.elevation_deg[1]:

@@ -26,10 +26,14 @@ def config_toml(cfg: Config) -> str:
     return "\n".join(lines) + "\n"
 
 
-# The tests' tiny U-Net: 128x96 views, 6 base channels, depth 3, 12 feature channels.
+# The tests' tiny U-Net: 128x96 views, 6 base channels, depth 3, 12 feature channels, trained
+# on plain views (no clutter, distractors, occluders or camera effects: the same views and
+# network as before those existed; the fixture serves the registration mechanics, the clutter
+# has its own tests).
 TINY_UNET = {"base_channels": 6, "depth": 3, "feature_channels": 12, "image_width": 128,
              "image_height": 96, "steps": 400, "batch_size": 4, "learning_rate": 0.003,
-             "val_views": 8, "val_every": 100, "checkpoint_every": 100, "render_workers": 1}
+             "val_views": 8, "val_every": 100, "checkpoint_every": 100, "render_workers": 1,
+             "clutter": 0.0, "distractors": 0.0, "occluders": 0.0, "photometric": 0.0}
 
 
 def tiny_config_text(**unet_overrides) -> str:

@@ -66,7 +66,7 @@ def _models(job: BatchJob, device):
     if key not in cache:
         while len(cache) >= _MODEL_CACHE_SIZE:
             cache.pop(next(iter(cache)))
-        cache[key] = load_models(job.shapespace, job.unet, device)[:2]
+        cache[key] = load_models(job.shapespace, job.unet, device)
     return cache[key]
 
 

@@ -27,6 +27,18 @@ def _artifact(template: str, category: str, what: str) -> Path:
     return path
 
 
+def scene_title(spec: str, photos, occlusion: float) -> str:
+    """Return the report title's note on the observations' backgrounds and occlusion ('' for
+    plain, unoccluded observations)."""
+    parts = []
+    if photos:
+        what = "held-back built-in photos" if spec == "builtin" else f"photos in {spec}"
+        parts.append(f"over {what} ({', '.join(n for n, _ in photos)})")
+    if occlusion > 0:
+        parts.append(f"{100 * occlusion:.0f} % of the object occluded")
+    return f" ({'; '.join(parts)})" if parts else ""
+
+
 @app.command("evaluate")
 def evaluate_command(
     ctx: typer.Context,
@@ -49,6 +61,12 @@ def evaluate_command(
     ray_address: Optional[str] = typer.Option(None, "--ray-address", help="With --executor "
                                               "ray: 'auto' or HOST:PORT of a running cluster "
                                               "(default: a local Ray for this run)."),
+    backgrounds: Optional[str] = typer.Option(None, "--backgrounds", help="Composite the "
+                                              "observations onto crops of photos: 'builtin' "
+                                              "(the held-back built-in photos) or a folder; "
+                                              "one row per instance and photo."),
+    occlusion: Optional[float] = typer.Option(None, "--occlusion", help="Cover this fraction "
+                                              "of the object's pixels with an occluder."),
     config: Optional[Path] = ConfigOption,
 ) -> None:
     """Table 1: register every test instance (known pose, pose noise) and compare with the 3D
@@ -60,14 +78,17 @@ def evaluate_command(
     from regtool.data.manifest import verify_dataset
     from regtool.device import resolve_device
     from regtool.evaluation.report import write_report
-    from regtool.evaluation.run import evaluate
+    from regtool.evaluation.run import evaluate, evaluation_backgrounds
     from regtool.io import check_output_dir
     from regtool.registration.pipeline import load_models
     from regtool.registration.result import software_versions
 
     with reported_errors(ctx):
         cfg = command_config(ctx, config, {"evaluate": {"noise_draws": noise_draws,
-                                                   "workers": workers, "views": views}})
+                                                   "workers": workers, "views": views,
+                                                   "backgrounds": backgrounds,
+                                                   "occlusion": occlusion}})
+        photos = evaluation_backgrounds(cfg.evaluate.backgrounds)
         device = resolve_device(options(ctx).device)
         check_output_dir(out)  # created only when the report is written
         manifest = verify_dataset(dataset)
@@ -82,12 +103,12 @@ def evaluate_command(
         check_executor(executor, ray_address)
         for c in names:  # fail fast on corrupted or mismatched artifacts
             load_models(spaces[c], unets[c], device)
-        total = sum(len(manifest.category(c).test) for c in names)
+        total = sum(len(manifest.category(c).test) for c in names) * max(1, len(photos or []))
         t0 = time.perf_counter()
         with progress_bar("evaluate", total) as advance:
             rows = evaluate(dataset, names, spaces, unets, cfg, options(ctx).seed, str(device),
                             progress=lambda name: advance(1, name), executor=executor,
-                            address=ray_address)
+                            address=ray_address, backgrounds=photos)
         from regtool.render.context import get_context
 
         env = {**software_versions(get_context().info()["renderer"]),
@@ -100,9 +121,13 @@ def evaluate_command(
                              environment=env,
                              config=config_to_dict(cfg),
                              timings={"total_seconds": time.perf_counter() - t0},
-                             title=f"regtool evaluation: {', '.join(names)}",
+                             title=f"regtool evaluation: {', '.join(names)}"
+                             + scene_title(cfg.evaluate.backgrounds, photos,
+                                           cfg.evaluate.occlusion),
                              extra={"dataset": str(dataset), "shapespaces": {c: str(p) for c, p
                                                                              in spaces.items()},
+                                    "backgrounds": [n for n, _ in photos or []],
+                                    "occlusion": cfg.evaluate.occlusion,
                                     "unets": {c: str(p) for c, p in unets.items()}})
         console.print((out / "report.md").read_text())
         console.print(f"report: [bold]{paths.get('report.md', out / 'report.md')}[/bold]")

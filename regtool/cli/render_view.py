@@ -22,15 +22,18 @@ def render_view_command(
                                         "0.8,0.2,0.2 (default: random from --seed)."),
     mask_out: Optional[Path] = typer.Option(None, "--mask-out", help="Also write the object "
                                             "mask PNG here."),
+    background: Optional[Path] = typer.Option(None, "--background", help="Photo (PNG/JPG) "
+                                              "to render over, scaled to cover the image and "
+                                              "cut about its centre (default: random)."),
 ) -> None:
-    """Render a mesh photo-like (pyrender, headless) over a random background."""
+    """Render a mesh photo-like (pyrender, headless) over a random background or a photo."""
     import imageio.v3 as iio
     import numpy as np
 
     from regtool.errors import RenderError
     from regtool.geometry.mesh import load_mesh
     from regtool.io import check_output_file, write_atomic
-    from regtool.registration.inputs import read_camera, read_pose
+    from regtool.registration.inputs import load_image, read_camera, read_pose
     from regtool.render.shading import parse_colour, render_view
     from regtool.units import UNITS_TO_METRES
 
@@ -41,9 +44,10 @@ def render_view_command(
         if units not in UNITS_TO_METRES:
             raise RenderError(f"--units must be one of {', '.join(UNITS_TO_METRES)}")
         rgb = None if color is None else parse_colour(color)
+        backdrop = None if background is None else load_image(background, "background")
         m = load_mesh(mesh)
         shaded = render_view(m.vertices, m.faces, UNITS_TO_METRES[units], read_pose(pose),
-                             read_camera(camera), rgb, options(ctx).seed)
+                             read_camera(camera), rgb, options(ctx).seed, backdrop)
         image = (shaded.rgb * 255).round().astype(np.uint8)
         write_atomic(out, lambda tmp: iio.imwrite(tmp, image, extension=".png"))
         if mask_out is not None:

@@ -45,6 +45,8 @@ class InstanceJob:
     seed: int
     device: str
     threads: int
+    background: tuple[str, np.ndarray] | None = None  # (name, (H, W, 3) uint8 photo)
+    occlusion: float = 0.0  # fraction of the object's pixels an occluder covers
 
 
 def observation_camera(config: Config, image_size: tuple[int, int] | None = None
@@ -98,8 +100,81 @@ def observe_instance(rng: np.random.Generator, mesh, scale: float, camera: Camer
     RGB in [0, 1]): the test mesh (dataset units, `scale` to metres) rendered photo-like at a
     seeded viewpoint at `distance` metres (`known_pose`), in a random colour on a random
     background."""
+    pose, shaded, _ = observe_instance_shaded(rng, mesh, scale, camera, distance,
+                                              elevation_deg=elevation_deg)
+    return pose, shaded.rgb
+
+
+def observe_instance_shaded(rng: np.random.Generator, mesh, scale: float,
+                            camera: CameraIntrinsics, distance: float,
+                            background_size: tuple[int, int] | None = None,
+                            elevation_deg: tuple[float, ...] = (10.0, 40.0)):
+    """Return (pose, `ShadedImage`, background (H, W, 3) float32) of `observe_instance` (the
+    same draws from `rng`, the same image). `background_size` (W, H): draw the background at
+    that size and resample it to the camera's, so that cameras of one field of view and
+    different sizes see the same scene (the draws depend on the size drawn at)."""
+    from regtool.render.shading import Material, random_background, render_shaded
+
     pose = known_pose(rng, distance, elevation_deg)
-    return pose, render_observation(rng, mesh, scale, camera, pose)
+    if background_size is None or tuple(background_size) == (camera.width, camera.height):
+        background = random_background(rng, camera.height, camera.width)
+    else:
+        from regtool.render.clutter import resize
+
+        small = random_background(rng, int(background_size[1]), int(background_size[0]))
+        background = resize(small, camera.height, camera.width)
+    colour = tuple(rng.uniform(0.15, 0.9, 3).tolist())
+    shaded = render_shaded(np.asarray(mesh.vertices) * scale, np.asarray(mesh.faces), pose,
+                           camera, material=Material(colour, 0.1, 0.6), background=background)
+    return pose, shaded, background
+
+
+def stage_rng(seed: int, category: str, instance_index: int, background: str,
+              occlusion: float) -> np.random.Generator:
+    """Return the generator of an observation's photo crop and occluder: seeded by the run
+    seed, the instance, the background's name and the occlusion (per mille), apart from
+    `instance_rng` so the pose-noise draws are the same whatever the background."""
+    import zlib
+
+    return np.random.default_rng([seed, instance_index, sum(map(ord, category)),
+                                  zlib.crc32(background.encode()), int(round(occlusion * 1000))])
+
+
+def stage_observation(rng: np.random.Generator, shaded, background: np.ndarray,
+                      photo: np.ndarray | None, occlusion: float
+                      ) -> tuple[np.ndarray, np.ndarray]:
+    """Return (image (H, W, 3) float32 in [0, 1], visible object mask (H, W) bool): the
+    rendering `shaded` (over `background`) moved onto a random crop of `photo` (H, W, 3) uint8
+    (None: kept on its background), then a random textured occluder over `occlusion` of the
+    object's pixels (`render.clutter.occlude`)."""
+    from regtool.render.clutter import occlude, photo_crop
+
+    rgb = np.asarray(shaded.rgb, np.float32)
+    h, w = rgb.shape[:2]
+    if photo is not None:
+        crop = photo_crop(rng, photo, h, w, recolour=False)
+        rgb = np.clip(rgb + (crop - background) * (1.0 - shaded.alpha[..., None]), 0.0, 1.0)
+    mask = shaded.alpha >= 0.5
+    if occlusion > 0:
+        rgb, covered = occlude(rng, rgb, mask, occlusion)
+        mask = mask & ~covered
+    return rgb.astype(np.float32), mask
+
+
+def evaluation_backgrounds(spec: str) -> list[tuple[str, np.ndarray]] | None:
+    """Return the photos of `evaluate.backgrounds` as (name, (H, W, 3) uint8): "" -> None
+    (the plain rendered backgrounds), "builtin" -> the held-back built-in photos
+    (`render.clutter.HELD_BACK_PHOTOS`), else the images of that folder (file names);
+    DatasetError for a missing folder or one without a readable image."""
+    if not spec:
+        return None
+    if spec == "builtin":
+        from regtool.render.clutter import builtin_photos
+
+        return list(builtin_photos("held_back"))
+    from regtool.features.views import load_named_backgrounds
+
+    return list(load_named_backgrounds(Path(spec)))
 
 
 def render_observation(rng: np.random.Generator, mesh, scale: float, camera: CameraIntrinsics,
@@ -195,8 +270,19 @@ def evaluate_instance(job: InstanceJob) -> dict:
 
     # The observation: photo-like rendering at a seeded known pose.
     camera = observation_camera(cfg, unet_meta.get("image_size"))
-    pose_metres, observed = observe_instance(rng, test.mesh, scale, camera, cfg.render.distance,
-                                             cfg.evaluate.elevation_deg)
+    pose_metres, shaded, plain = observe_instance_shaded(
+        rng, test.mesh, scale, camera, cfg.render.distance,
+        elevation_deg=cfg.evaluate.elevation_deg)
+    observed = shaded.rgb
+    if job.background is not None or job.occlusion > 0:
+        name = job.background[0] if job.background is not None else ""
+        observed, visible = stage_observation(
+            stage_rng(job.seed, job.category, job.instance_index, name, job.occlusion), shaded,
+            plain, None if job.background is None else job.background[1], job.occlusion)
+        row.update(background=name or None, occlusion=job.occlusion,
+                   visible_pixels=int(visible.sum()), object_pixels=int(shaded.mask.sum()))
+        if name:
+            row["instance"] = f"{test.name} @ {name}"
     feature_loss = FeatureLoss(unet, cfg.register.loss)
     n_views = cfg.evaluate.views
     true_poses, images = [pose_metres], [observed]
@@ -281,20 +367,27 @@ def evaluate_instance(job: InstanceJob) -> dict:
 
 def evaluate(dataset_root: Path, categories: list[str], shapespaces: dict[str, Path],
              unets: dict[str, Path], config: Config, seed: int, device: str,
-             progress=None, executor: str = "local", address: str | None = None) -> list[dict]:
+             progress=None, executor: str = "local", address: str | None = None,
+             backgrounds: list[tuple[str, np.ndarray]] | None = None) -> list[dict]:
     """Return the report rows of every test instance of `categories`, evaluated on `executor`
     ("local": in this process, or in parallel processes when `config.evaluate.workers` (0: one
     per core) allows; "ray": on that many Ray actors, `address` as `batch.executor.RayExecutor`)
-    with the same numbers for the same worker count."""
+    with the same numbers for the same worker count. With `backgrounds` ((name, (H, W, 3) uint8)
+    photos; `evaluation_backgrounds`) every instance is observed once over a crop of each (rows
+    named "<instance> @ <photo>"); `config.evaluate.occlusion` covers that fraction of the
+    object's pixels with an occluder."""
     from regtool.batch.executor import opened, run_all
     from regtool.data.manifest import read_manifest
 
     manifest = read_manifest(dataset_root)
+    occlusion = config.evaluate.occlusion
     jobs = []
+    scenes: list[tuple[str, np.ndarray] | None] = list(backgrounds) if backgrounds else [None]
     for c in categories:
         for i, _ in enumerate(manifest.category(c).test):
-            jobs.append(InstanceJob(str(dataset_root), c, i, str(shapespaces[c]), str(unets[c]),
-                                    config, seed, device, 0))
+            for bg in scenes:
+                jobs.append(InstanceJob(str(dataset_root), c, i, str(shapespaces[c]),
+                                        str(unets[c]), config, seed, device, 0, bg, occlusion))
     workers = config.evaluate.workers or (os.cpu_count() or 1)
     workers = max(1, min(workers, len(jobs)))
     if device.startswith("cuda"):

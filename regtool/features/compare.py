@@ -19,6 +19,7 @@ from regtool.errors import FeatureError
 from regtool.features.unet import UNet
 
 KINDS = ("features", "rgb", "mask", "features+mask")
+WEIGHTINGS = ("region", "probability")
 
 
 def normalise_channels(features: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
@@ -58,11 +59,19 @@ class FeatureLoss:
     loss again with the same (unchanged) observed tensor reuses it.
     """
 
-    def __init__(self, unet: UNet, kind: str = "features"):
+    def __init__(self, unet: UNet, kind: str = "features", weighting: str = "region",
+                 dilation: int = 0):
         if kind not in KINDS:
             raise FeatureError(f"unknown image comparison '{kind}' "
-                                    f"(use one of {', '.join(KINDS)})")
+                               f"(use one of {', '.join(KINDS)})")
+        if weighting not in WEIGHTINGS:
+            raise FeatureError(f"unknown pixel weighting '{weighting}' "
+                                    f"(use one of {', '.join(WEIGHTINGS)})")
+        if weighting == "probability" and kind not in ("mask", "features+mask"):
+            raise FeatureError(f"pixel weighting 'probability' needs the comparison "
+                                    f"'mask' or 'features+mask', not '{kind}'")
         self.unet, self.kind = unet.eval(), kind
+        self.weighting, self.dilation = weighting, int(dilation)
         for p in self.unet.parameters():
             p.requires_grad_(False)
         self._cache_key: tuple | None = None
@@ -102,7 +111,8 @@ class FeatureLoss:
     def __call__(self, rendered: torch.Tensor, observed: torch.Tensor,
                  region: torch.Tensor | None = None) -> torch.Tensor:
         """Return the scalar loss: mean over pixels (weighted by `region` (B, 1, H, W) bool or
-        float in [0, 1] when given; all pixels otherwise) of the squared difference of the
+        float in [0, 1] when given, all pixels otherwise; with weighting "probability" by
+        `_object_weight` instead of the region) of the squared difference of the
         rendered and observed target maps (for "rgb" and "features+mask", averaged over the
         channels).
         `rendered`, `observed` are (B, 3, H, W) float RGB in [0, 1] of the same size."""
@@ -116,14 +126,33 @@ class FeatureLoss:
         diff2 = (mine - target) ** 2
         if diff2.ndim == 4:
             diff2 = diff2.mean(dim=1)
-        if region is None:
-            return diff2.mean()
         b, _, h, w = rendered.shape
-        if region.shape != (b, 1, h, w):
-            raise FeatureError(f"region must have shape ({b}, 1, {h}, {w}), "
-                                    f"got {tuple(region.shape)}")
-        weight = region.to(self.device, diff2.dtype)[:, 0]
+        weight = torch.ones_like(diff2)
+        if region is not None:
+            if region.shape != (b, 1, h, w):
+                raise FeatureError(f"region must have shape ({b}, 1, {h}, {w}), "
+                                        f"got {tuple(region.shape)}")
+            weight = region.to(self.device, diff2.dtype)[:, 0]
+        if self.weighting == "probability":  # instead of the region
+            weight = self._object_weight(mine.detach(), target)
+        elif region is None:
+            return diff2.mean()
         return (weight * diff2).sum() / weight.sum().clamp_min(1.0)
+
+    def _object_weight(self, mine: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Return the "probability" weighting (B, H, W) in [0, 1]: per pixel the larger of the
+        observed object probability (grown by `dilation` pixels, a max filter) and the
+        rendered image's object probability (where the rendered object is, it is compared
+        whatever the observation says there)."""
+        def probability(t: torch.Tensor) -> torch.Tensor:
+            return t if self.kind == "mask" else 0.5 * (t[:, 1] + 1.0)
+
+        observed = probability(target)
+        if self.dilation > 0:
+            k = 2 * self.dilation + 1
+            observed = torch.nn.functional.max_pool2d(observed[:, None], k, stride=1,
+                                                      padding=self.dilation)[:, 0]
+        return torch.maximum(observed, probability(mine))
 
     @torch.no_grad()
     def segment(self, observed: torch.Tensor) -> torch.Tensor:

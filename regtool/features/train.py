@@ -4,7 +4,8 @@ Training views show the category's TRAINING meshes only (never the test meshes);
 rendered by spawned worker processes (`views.BatchStream`) while torch trains in the main
 process. Two fixed, seeded sets are rendered once: validation views of the training meshes
 (new poses, lights, colours, backgrounds) and views of the TEST meshes, which the network never
-sees in training; both are scored by intersection-over-union after every `val_every` steps.
+sees in training, plain and cluttered (over photos held back from training, with occluders);
+all are scored by intersection-over-union after every `val_every` steps.
 """
 
 from __future__ import annotations
@@ -144,6 +145,54 @@ def view_mesh(mesh, label: int, name: str, scale: float = 1.0) -> ViewMesh:
                     np.asarray(mesh.vertex_normals, np.float64))
 
 
+def load_distractor_meshes(dataset_root: Path, categories: list[str], split: str = "train"
+                           ) -> list[ViewMesh]:
+    """Return the meshes (`split` "train" or "test") of the dataset's categories NOT in
+    `categories`, labelled 0 (background): the distractor objects of cluttered views."""
+    from regtool.data.dataset import load_category
+    from regtool.units import UNITS_TO_METRES
+
+    others = [c for c in resolve_categories(dataset_root, "all") if c not in categories]
+    out: list = []
+    for name in others:
+        data = load_category(Path(dataset_root), name, with_test=True, min_train=1)
+        scale = UNITS_TO_METRES[data.units]
+        meshes = (data.train.items() if split == "train"
+                  else [(inst.name, inst.mesh) for inst in data.test])
+        out.extend(view_mesh(mesh, 0, mesh_name, scale) for mesh_name, mesh in meshes)
+    return out
+
+
+def clutter_sampler(config: UNetConfig, render: RenderConfig,
+                    backgrounds: tuple[np.ndarray, ...], distractors: list[ViewMesh]
+                    ) -> ViewSampler:
+    """Return the training views' sampler: `config`'s size, distance jitter and clutter
+    probabilities, the render section's field of view and distance, the user's `backgrounds`
+    and the built-in training photos (`config.builtin_photos`)."""
+    return ViewSampler(config.image_width, config.image_height, render.fov_y_deg,
+                       render.distance, config.distance_jitter, backgrounds,
+                       clutter=config.clutter, distractors=config.distractors,
+                       occluders=config.occluders, photometric=config.photometric,
+                       photo_split="train" if config.builtin_photos else "",
+                       distractor_meshes=tuple(distractors))
+
+
+def held_back_samplers(sampler: ViewSampler, distractors: list[ViewMesh]
+                       ) -> dict[str, ViewSampler]:
+    """Return the samplers of train-unet's cluttered test views: "photo" (every background a
+    crop of a held-back built-in photo, test meshes of the other categories as distractors in
+    half of the views, no occluder, no camera effects) and "occluded" (the same with an
+    occluder over 20 % of the object in every view)."""
+    import dataclasses
+
+    photo = dataclasses.replace(sampler, backgrounds=(), clutter=1.0, photo_share=1.0,
+                                photo_split="held_back", photometric=0.0, occluders=0.0,
+                                distractors=0.5 if distractors else 0.0,
+                                distractor_meshes=tuple(distractors))
+    return {"photo": photo,
+            "occluded": dataclasses.replace(photo, occluders=1.0, occlusion=(0.2, 0.2))}
+
+
 def load_view_meshes(dataset_root: Path, categories: list[str]
                      ) -> tuple[list[ViewMesh], list[ViewMesh]]:
     """Return (training meshes, test meshes) of `categories` as ViewMesh with 1-based labels in
@@ -234,6 +283,10 @@ def _write_curve_png(path: Path, curve: dict[str, list], title: str, stamp: str)
     a.set_yscale("log")
     b.plot(curve["val_step"], curve["val_iou"], "o-", label="validation views (train meshes)")
     b.plot(curve["val_step"], curve["test_iou"], "s-", label="test meshes (never trained on)")
+    for key, label in (("photo_test_iou", "test meshes, held-back photos"),
+                       ("occluded_test_iou", "test meshes, held-back photos, 20 % occluded")):
+        if key in curve:
+            b.plot(curve["val_step"], curve[key], ".--", label=label)
     b.set_xlabel("step")
     b.set_ylabel("mean IoU per image")
     b.set_ylim(0, 1)
@@ -310,7 +363,10 @@ def train_unet(dataset_root: Path, categories: str | list[str], config: UNetConf
 
     Returns the metrics dict: `val_iou` / `test_iou` (mean per-image IoU of the final model on
     the fixed validation views of the training meshes / on views of the test meshes),
-    `*_pooled` (IoU of all pixels together), `test_iou_per_mesh`, `step`, timings (seconds):
+    `*_pooled` (IoU of all pixels together), `test_iou_per_mesh`, `photo_test_iou` /
+    `occluded_test_iou` (views of the test meshes over held-back built-in photos with
+    distractors, and the same with 20 % of the object occluded; `held_back_samplers`), `step`,
+    timings (seconds):
     `train_seconds` (this run), `render_seconds` (worker rendering of the consumed batches),
     `seconds_per_step`, and `threads`, `render_workers`.
     """
@@ -322,8 +378,9 @@ def train_unet(dataset_root: Path, categories: str | list[str], config: UNetConf
     backgrounds = load_backgrounds(backgrounds_dir)
     remove_leftover_temps(out)
     blob = _resume_state(out, config, cats) if resume else None
-    sampler = ViewSampler(config.image_width, config.image_height, render.fov_y_deg,
-                          render.distance, config.distance_jitter, backgrounds)
+    distractors = (load_distractor_meshes(dataset_root, cats)
+                   if config.distractors > 0 else [])
+    sampler = clutter_sampler(config, render, backgrounds, distractors)
 
     start = int(blob["step"]) if blob else 0
     threads_before = torch.get_num_threads()
@@ -349,6 +406,14 @@ def _train_loop(dataset_root, cats, config, render, out, device, seed, blob, sam
     test_images, test_labels = (render_fixed_set(test_meshes, sampler, seed + 2_000_003,
                                                  config.val_views)
                                 if test_meshes else (None, None))
+    # Cluttered views of the test meshes: over the held-back built-in photos, and with an
+    # occluder over 20 % of the object (labels: the visible object).
+    clutter_sets: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    if test_meshes:
+        other_test = load_distractor_meshes(dataset_root, cats, "test")
+        for k, (name, held) in enumerate(held_back_samplers(sampler, other_test).items()):
+            clutter_sets[name] = render_fixed_set(test_meshes, held, seed + 3_000_003 + k,
+                                                  config.val_views)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = unet_from_config(config, n_classes=1 + len(cats))
@@ -362,6 +427,8 @@ def _train_loop(dataset_root, cats, config, render, out, device, seed, blob, sam
     old = blob["meta"] if blob else {}
     curve = old.get("curve") or {"step": [], "loss": [], "val_step": [], "val_iou": [],
                                  "test_iou": []}
+    for name in clutter_sets:  # curves of checkpoints written before these sets existed
+        curve.setdefault(f"{name}_test_iou", [float("nan")] * len(curve["val_step"]))
     prior_seconds = float(old.get("metrics", {}).get("train_seconds_total", 0.0))
     start = int(blob["step"]) if blob else 0
     meta = {"categories": cats, "image_size": [config.image_width, config.image_height],
@@ -388,6 +455,10 @@ def _train_loop(dataset_root, cats, config, render, out, device, seed, blob, sam
         else:
             res.update(test_iou=float("nan"), test_iou_pooled=float("nan"),
                        test_iou_per_mesh={}, test_pred=None)
+        for name, (images, labels) in clutter_sets.items():
+            pred = predict_labels(model, images, device)
+            res[f"{name}_test_iou"] = float(iou_scores(pred, labels).mean())
+            res[f"{name}_test_pred"] = pred
         return res
 
     def save(step: int, res: dict[str, Any]) -> None:
@@ -419,6 +490,8 @@ def _train_loop(dataset_root, cats, config, render, out, device, seed, blob, sam
         if res["test_pred"] is not None:
             assert test_images is not None and test_labels is not None  # test_pred from them
             sets.append(("test mesh", test_images, test_labels, res["test_pred"]))
+        for name, (images, labels) in clutter_sets.items():
+            sets.append((f"{name} test", images, labels, res[f"{name}_test_pred"]))
         _write_samples_png(paths["samples"], sets, stamp)
 
     res = None
@@ -443,6 +516,8 @@ def _train_loop(dataset_root, cats, config, render, out, device, seed, blob, sam
             curve["val_step"].append(done)
             curve["val_iou"].append(res["val_iou"])
             curve["test_iou"].append(res["test_iou"])
+            for name in clutter_sets:
+                curve[f"{name}_test_iou"].append(res[f"{name}_test_iou"])
             latest = {"val_iou": res["val_iou"], "test_iou": res["test_iou"]}
             if done % config.checkpoint_every == 0 or last:
                 save(done, res)

@@ -4,7 +4,12 @@ A view: a mesh of a category seen from a random direction (rotation uniform over
 any point of the view sphere and any roll) at the working distance (jittered), shifted so its
 origin projects anywhere in the central half of the image, under random lights, with a random
 object material and a random background (flat, gradient, noise or a crop of a user image).
-Labels: 0 background, k >= 1 the 1-based category index, per pixel.
+With the sampler's clutter settings (`ViewSampler.clutter` ...) a view may instead have a
+structured background (a crop of a built-in or user photo, dead leaves, textured shapes;
+`render.clutter`), distractor objects (meshes of other categories) behind and in front of the
+object, a partial occluder and camera effects (colour jitter, blur, sensor noise).
+Labels: 0 background, k >= 1 the 1-based category index, per pixel (a distractor or occluder in
+front of the object is background).
 
 This module does not import torch itself, so render worker processes start quickly; every
 function is deterministic given its seed.
@@ -48,7 +53,15 @@ class ViewMesh:
 class ViewSampler:
     """What views look like: image size, vertical field of view (degrees), working distance
     (metres), relative distance jitter, and optional background images (H, W, 3) uint8 (kept
-    as bytes: the sampler is sent to every render worker)."""
+    as bytes: the sampler is sent to every render worker).
+
+    Clutter (all off by default, each a probability per view): `clutter` a structured
+    background (photo crop, dead leaves or textured shapes; the photos are `backgrounds` plus
+    the built-in photos of `photo_split`: "train", "held_back" or "" for none), `distractors`
+    1-2 meshes of `distractor_meshes` rendered behind and (half of the time) in front of the
+    object, `occluders` a textured occluder over a fraction (uniform in `occlusion`) of the
+    object, `photometric` colour jitter, blur and noise; `photo_share`: the share of structured
+    backgrounds that are photo crops (when there are photos)."""
 
     width: int
     height: int
@@ -56,6 +69,23 @@ class ViewSampler:
     distance: float
     distance_jitter: float
     backgrounds: tuple[np.ndarray, ...] = ()
+    clutter: float = 0.0
+    distractors: float = 0.0
+    occluders: float = 0.0
+    photometric: float = 0.0
+    photo_split: str = ""
+    distractor_meshes: tuple[ViewMesh, ...] = ()
+    occlusion: tuple[float, float] = (0.05, 0.4)
+    photo_share: float = 0.5
+
+    def photos(self) -> tuple[np.ndarray, ...]:
+        """Return the photos structured backgrounds crop: the built-in ones of `photo_split`,
+        then the user's `backgrounds`."""
+        from regtool.render.clutter import builtin_photos
+
+        own = tuple(img for _, img in builtin_photos(self.photo_split)) if self.photo_split \
+            else ()
+        return own + tuple(self.backgrounds)
 
 
 def load_backgrounds(folder: Path | None, max_images: int = 64,
@@ -65,12 +95,20 @@ def load_backgrounds(folder: Path | None, max_images: int = 64,
     DatasetError if the folder is missing or holds no readable image."""
     if folder is None:
         return ()
+    return tuple(img for _, img in load_named_backgrounds(folder, max_images, max_side))
+
+
+def load_named_backgrounds(folder: Path, max_images: int = 64, max_side: int = 640
+                           ) -> tuple[tuple[str, np.ndarray], ...]:
+    """Return (file name, image) pairs of `load_backgrounds`."""
     import imageio.v3 as iio
+
+    from regtool.render.clutter import as_rgb_uint8
 
     folder = Path(folder)
     if not folder.is_dir():
         raise DatasetError(f"backgrounds folder not found: {folder}")
-    images: list[np.ndarray] = []
+    images: list[tuple[str, np.ndarray]] = []
     for path in sorted(folder.iterdir()):
         if path.suffix.lower() not in IMAGE_SUFFIXES or len(images) >= max_images:
             continue
@@ -80,16 +118,9 @@ def load_backgrounds(folder: Path | None, max_images: int = 64,
                 img = np.asarray(iio.imread(path))
         except Exception:  # unreadable files are skipped; an empty result is an error below
             continue
-        if img.ndim == 2:
-            img = np.repeat(img[..., None], 3, axis=2)
-        if img.ndim != 3 or img.shape[2] < 3:
+        if not (img.ndim == 2 or (img.ndim == 3 and img.shape[2] >= 3)):
             continue
-        img = img[..., :3]
-        if img.dtype != np.uint8:
-            scale = 255.0 / (65535.0 if img.dtype == np.uint16 else max(float(img.max()), 1.0))
-            img = np.clip(img.astype(np.float64) * scale + 0.5, 0, 255).astype(np.uint8)
-        step = int(math.ceil(max(img.shape[:2]) / max_side))
-        images.append(np.ascontiguousarray(img[::step, ::step]))
+        images.append((path.name, as_rgb_uint8(img, max_side)))
     if not images:
         raise DatasetError(f"backgrounds folder {folder} holds no readable image "
                            f"({', '.join(IMAGE_SUFFIXES)})")
@@ -134,16 +165,67 @@ def render_view(mesh: ViewMesh, sampler: ViewSampler, rng: np.random.Generator
     pose = sample_pose(rng, sampler)
     material = random_material(rng)
     lighting = random_lighting(rng)
-    images = None
-    if sampler.backgrounds:  # convert only the one image random_background may crop
-        pick = sampler.backgrounds[int(rng.integers(len(sampler.backgrounds)))]
-        images = [pick.astype(np.float32) / 255.0]
-    background = random_background(rng, sampler.height, sampler.width, images)
+    cluttered = sampler.clutter > 0 and rng.uniform() < sampler.clutter
+    if cluttered:
+        from regtool.render.clutter import clutter_background
+
+        background = clutter_background(rng, sampler.height, sampler.width, sampler.photos(),
+                                        sampler.photo_share)
+    else:
+        images = None
+        if sampler.backgrounds:  # convert only the one image random_background may crop
+            pick = sampler.backgrounds[int(rng.integers(len(sampler.backgrounds)))]
+            images = [pick.astype(np.float32) / 255.0]
+        background = random_background(rng, sampler.height, sampler.width, images)
+    front: list[ViewMesh] = []
+    if sampler.distractor_meshes and sampler.distractors > 0 \
+            and rng.uniform() < sampler.distractors:
+        for _ in range(int(rng.integers(1, 3))):
+            other = sampler.distractor_meshes[int(rng.integers(len(sampler.distractor_meshes)))]
+            if rng.uniform() < 0.5:
+                front.append(other)
+            else:  # behind: part of the background
+                background = _render_distractor(other, pose, camera, sampler, rng, background,
+                                                 1.15, 1.6).rgb
     img = render_shaded(mesh.vertices, mesh.faces, pose, camera, material, lighting, background,
                         vertex_normals=mesh.normals)
-    rgb = np.clip(img.rgb * 255.0 + 0.5, 0, 255).astype(np.uint8)
-    label = np.where(img.alpha >= 0.5, mesh.label, 0).astype(np.uint8)
+    rgb_f, label = img.rgb, np.where(img.alpha >= 0.5, mesh.label, 0).astype(np.uint8)
+    full = int((label > 0).sum())
+    for other in front:  # in front, kept only if at least half of the object stays visible
+        shaded = _render_distractor(other, pose, camera, sampler, rng, rgb_f, 0.6, 0.85)
+        hidden = shaded.alpha >= 0.5
+        if full and ((label > 0) & ~hidden).sum() >= 0.5 * full:
+            rgb_f, label = shaded.rgb, np.where(hidden, 0, label).astype(np.uint8)
+    if sampler.occluders > 0 and rng.uniform() < sampler.occluders:
+        from regtool.render.clutter import occlude
+
+        rgb_f, covered = occlude(rng, rgb_f, label > 0, rng.uniform(*sampler.occlusion),
+                                 sampler.photos())
+        label = np.where(covered, 0, label).astype(np.uint8)
+    if sampler.photometric > 0 and rng.uniform() < sampler.photometric:
+        from regtool.render.clutter import photometric
+
+        rgb_f = photometric(rng, rgb_f)
+    rgb = np.clip(rgb_f * 255.0 + 0.5, 0, 255).astype(np.uint8)
     return rgb, label
+
+
+def _render_distractor(other: ViewMesh, pose, camera, sampler: ViewSampler,
+                       rng: np.random.Generator, background: np.ndarray, near: float,
+                       far: float):
+    """Return the `ShadedImage` of mesh `other` over `background`, in a random colour and
+    rotation at `near`-`far` times the object's depth, its origin placed within about one
+    object size of the object's in the image."""
+    from regtool.geometry.camera import Pose
+    from regtool.render.shading import random_lighting, random_material, render_shaded
+
+    depth_factor = rng.uniform(near, far)
+    offset = rng.uniform(-1.0, 1.0, 2) * 0.12 * pose.translation[2]
+    t = np.asarray(pose.translation, np.float64) * depth_factor
+    t[:2] += offset
+    other_pose = Pose(sample_pose(rng, sampler).rotation, t)
+    return render_shaded(other.vertices, other.faces, other_pose, camera, random_material(rng),
+                         random_lighting(rng), background, vertex_normals=other.normals)
 
 
 def render_batch(meshes: list[ViewMesh], sampler: ViewSampler, seed: int, index: int,

@@ -62,7 +62,7 @@ def registration_steps(reg: RegisterConfig) -> int:
 
 
 def register_job(out: Path, shapespace: Path, unet: Path, inputs: JobInputs, cfg: Config,
-                 device: torch.device, *, models: tuple[Any, Any] | None = None,
+                 device: torch.device, *, models: tuple[Any, Any, dict] | None = None,
                  start_code: np.ndarray | None = None,
                  start_poses: Sequence[Pose] | None = None,
                  callback: Callable[[IterationRecord], None] | None = None,
@@ -70,7 +70,9 @@ def register_job(out: Path, shapespace: Path, unet: Path, inputs: JobInputs, cfg
     """Register the shape space to the job's observations and write `out` (deformed.ply,
     deformed.obj, result.json, overlay.png, optimisation.gif; `write_registration`).
 
-    `models`: (ShapeSpace, UNet) already loaded from `shapespace` and `unet` (None: load them).
+    `models`: (ShapeSpace, UNet, U-Net meta) already loaded from `shapespace` and `unet`
+    (`pipeline.load_models`; None: load them). Each image is brought to the scale the U-Net was
+    trained at (`pipeline.at_network_scale`), whatever its size.
     `start_code` (k,): latent code to start from (one descent, `optimise.register`);
     `start_poses`: initial object -> camera poses (one per image, shape-space units) replacing
     the pose files. RegistrationError / ArtifactError / RenderError / OutputError for bad input,
@@ -81,9 +83,14 @@ def register_job(out: Path, shapespace: Path, unet: Path, inputs: JobInputs, cfg
     from regtool.features.compare import FeatureLoss
     from regtool.io import check_output_dir
     from regtool.registration.inputs import read_camera, read_image, read_mask, read_pose
-    from regtool.registration.pipeline import load_models, make_observation, run_registration
+    from regtool.registration.pipeline import (
+        at_network_scale,
+        load_models,
+        make_observation,
+        run_registration,
+    )
     from regtool.registration.result import ViewResult, software_versions, write_registration
-    from regtool.render.context import check_render_size, get_context
+    from regtool.render.context import get_context
 
     warnings: list[str] = []
 
@@ -95,8 +102,6 @@ def register_job(out: Path, shapespace: Path, unet: Path, inputs: JobInputs, cfg
     image = list(inputs.images)
     check_output_dir(out)  # created only when the results are written
     cameras = [read_camera(p) for p in per_view(inputs.cameras, len(image), "camera")]
-    for c in cameras:  # before any work: the supersampled size must fit the GL limits
-        check_render_size(c.width, c.height, cfg.register.supersample)
     if start_poses is not None:
         if len(start_poses) != len(image):
             raise RegistrationError(f"{len(image)} images but {len(start_poses)} start poses")
@@ -112,7 +117,13 @@ def register_job(out: Path, shapespace: Path, unet: Path, inputs: JobInputs, cfg
                  for p, c in zip(per_view(inputs.masks, len(image), "mask"), cameras)]
     images = [read_image(p, (c.width, c.height), inputs.resize) for p, c in zip(image, cameras)]
     named = None
-    space, net = models if models is not None else load_models(shapespace, unet, device)[:2]
+    space, net, meta = models if models is not None else load_models(shapespace, unet, device)
+    # Any image size: each view at the scale the U-Net was trained at (the camera follows).
+    net_views = [at_network_scale(im, c, p, space, meta, cfg, m)
+                 for im, c, p, m in zip(images, cameras, poses, masks)]
+    for k, nv in enumerate(net_views):
+        for line in nv.warnings:
+            warning(line if len(net_views) == 1 else f"image {k + 1}: {line}")
     if inputs.transfer is not None:
         from regtool.registration.transfer import (
             SURFACE_TOLERANCE,
@@ -128,8 +139,8 @@ def register_job(out: Path, shapespace: Path, unet: Path, inputs: JobInputs, cfg
                     f"size from the canonical's surface: {listed}; they are projected onto "
                     f"it (another frame or unit? see result.json transfer.far_from_surface)")
     loss = FeatureLoss(net, cfg.register.loss)
-    observations = [make_observation(im, c, p, loss, cfg.register.mask_dilation, m)
-                    for im, c, p, m in zip(images, cameras, poses, masks)]
+    observations = [make_observation(nv.image, nv.camera, p, loss, cfg.register.mask_dilation,
+                                     nv.mask) for nv, p in zip(net_views, poses)]
     with torch_threads(cfg.register.threads):
         result = run_registration(space, net, observations, cfg, device, callback=callback,
                                   start_code=start_code)
@@ -137,6 +148,7 @@ def register_job(out: Path, shapespace: Path, unet: Path, inputs: JobInputs, cfg
              "stop_reason": result.stop_reason, "initial_loss": result.initial_loss,
              "descents": result.descents,
              "shapespace": str(shapespace), "unet": str(unet),
+             "network_views": [nv.record() for nv in net_views],
              "history": [{"iteration": h.iteration, "loss": h.loss, "lr": h.lr,
                           "pose_step": h.pose_step, "seconds": h.seconds}
                          for h in result.history]}

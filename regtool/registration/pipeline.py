@@ -73,6 +73,24 @@ def make_observation(image: np.ndarray, camera: CameraIntrinsics, pose: Pose, fe
                        mask=mask)
 
 
+def at_network_scale(image: np.ndarray, camera: CameraIntrinsics, pose: Pose, space,
+                     unet_meta: dict, config: Config, mask: np.ndarray | None = None):
+    """Return the `rescale.NetworkView` of an observation (any size) at the scale the U-Net of
+    `unet_meta` was trained at, located by the shape space's canonical at the initial `pose`
+    (metres); a training-size image at the training scale comes back unchanged.
+    RegistrationError if the initial pose does not show the canonical (`check_pose_in_view`)."""
+    from regtool.registration.inputs import check_pose_in_view
+    from regtool.registration.rescale import NetworkScale, network_view
+    from regtool.render.diff import DiffRenderSettings
+    from regtool.units import UNITS_TO_METRES
+
+    znear = DiffRenderSettings.from_config(config.render, image_type="rgb").znear
+    check_pose_in_view(space.canonical_vertices, camera, pose, znear, "initial pose")
+    scale = NetworkScale.from_meta(unet_meta, config.render.fov_y_deg, config.render.distance)
+    vertices = np.asarray(space.canonical_vertices) * UNITS_TO_METRES.get(space.units, 1.0)
+    return network_view(image, camera, pose, vertices, scale, mask)
+
+
 def run_registration(space, unet, observations: list[Observation], config: Config,
                      device: torch.device, joint: bool | None = None,
                      callback: Callable[[IterationRecord], None] | None = None,
@@ -92,7 +110,7 @@ def run_registration(space, unet, observations: list[Observation], config: Confi
     from regtool.render.diff import DiffRenderSettings, diff_render_supersampled
 
     reg = config.register if joint is None else replace(config.register, joint=joint)
-    loss = FeatureLoss(unet, reg.loss)
+    loss = FeatureLoss(unet, reg.loss, reg.weighting, reg.mask_dilation)
     observed = [image_tensor(o.image, device) for o in observations]
     regions = [None if o.region is None else
                torch.as_tensor(o.region, device=device)[None, None] for o in observations]

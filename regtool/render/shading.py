@@ -208,15 +208,22 @@ def parse_colour(text: str) -> tuple[float, float, float]:
 
 def render_view(vertices: np.ndarray, faces: np.ndarray, units_to_metres: float, pose: Pose,
                 camera: CameraIntrinsics, colour: tuple[float, float, float] | None,
-                seed: int) -> ShadedImage:
+                seed: int, background: np.ndarray | None = None) -> ShadedImage:
     """Return a photo-like view of a mesh (vertices (V, 3) in its units, scaled to metres by
     `units_to_metres`; faces (F, 3)) over a random background, in `colour` (RGB in [0, 1]; None:
-    random), both drawn from `seed`; RenderError if no pixel shows the mesh."""
+    random), both drawn from `seed`; RenderError if no pixel shows the mesh. `background`
+    (h, w, 3) float in [0, 1], e.g. a photo: used instead of the random one, scaled to cover
+    the image and cut about its centre (`clutter.cover_crop`)."""
     rng = np.random.default_rng(seed)
     rgb = tuple(rng.uniform(0.15, 0.9, 3).tolist()) if colour is None else colour
+    if background is None:
+        backdrop = random_background(rng, camera.height, camera.width)
+    else:
+        from regtool.render.clutter import cover_crop
+
+        backdrop = cover_crop(background, camera.height, camera.width)
     shaded = render_shaded(np.asarray(vertices) * units_to_metres, faces, pose, camera,
-                           material=Material(rgb, 0.1, 0.6),
-                           background=random_background(rng, camera.height, camera.width))
+                           material=Material(rgb, 0.1, 0.6), background=backdrop)
     if not shaded.mask.any():
         raise RenderError("the mesh is not visible with this camera and pose")
     return shaded

@@ -256,9 +256,11 @@ def test_image_larger_than_opengl_renders(artifacts, tmp_path):
     assert not (tmp_path / "v.png").exists()
 
 
-def test_register_checks_the_supersampled_size_before_optimising(artifacts, tmp_path):
-    """register renders at supersample x the camera size (3 by default): a camera that fits
-    the GL limit but not 3 times over is refused, saying the size that would fit."""
+def test_register_renders_a_huge_image_at_the_networks_scale(artifacts, tmp_path):
+    """register used to render at supersample x the camera size (3 by default) and refused a
+    camera that fits the GL limit but not 3 times over. Any image size is now brought to the
+    U-Net's training scale first (registration/rescale.py): such an image registers, in a
+    view of the U-Net's training size (96x72), and result.json records the resampling."""
     from regtool.render.context import get_context
 
     max_w, _, _ = get_context().max_size()
@@ -272,8 +274,11 @@ def test_register_checks_the_supersampled_size_before_optimising(artifacts, tmp_
     iio.imwrite(mask, m)
     result = runner.invoke(app, register_args(artifacts, tmp_path / "reg", **{
         "--camera": cam, "--image": image, "--mask": mask}))
-    one_line_error(result, f"cannot render {width}x72 pixels at supersample 3",
-                   f"at most {max_w // 3}x")
+    assert result.exit_code == 0, result.output
+    record = json.loads((tmp_path / "reg" / "result.json").read_text())
+    (view,) = record["network_views"]
+    assert view["resampled"] and view["size"] == [96, 72]
+    assert view["scale"][0] == pytest.approx(0.9, abs=0.01)  # 110 px focal -> 98.9 px
 
 
 # --- 11: the OSMesa fallback ----------------------------------------------------------------

@@ -154,3 +154,46 @@ def test_region_and_bad_input(scene, unet):
         loss(scene["correct"][..., :50], scene["observed"])
     with pytest.raises(FeatureError, match="unknown image comparison"):
         FeatureLoss(unet, "lpips")
+
+
+class RedIsObject(torch.nn.Module):
+    """A stand-in U-Net: feature = the image's channels, object probability = the red channel
+    (logits: background log(1 - r), object log(r)); FeatureLoss needs `features` and `head`."""
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+    def head(self, f: torch.Tensor) -> torch.Tensor:
+        r = f[:, :1].clamp(1e-4, 1 - 1e-4)
+        return torch.cat([torch.log(1 - r), torch.log(r)], dim=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
+def test_probability_weighting_ignores_clutter_away_from_the_object():
+    """Weighting "probability": a change where neither the observation nor the rendering shows
+    the object does not change the loss; one on the object does. The region weighting (no
+    region: every pixel) counts both."""
+    torch.nn.Module.__init__(net := RedIsObject())
+    net.weight = torch.nn.Parameter(torch.zeros(1))  # FeatureLoss freezes the parameters
+    observed = torch.zeros(1, 3, 40, 60)
+    observed[:, 0, 10:30, 20:40] = 1.0  # the object: red
+    observed[:, 1] = torch.linspace(0, 1, 60)  # a ramp: clutter stays within its range
+    rendered = observed.clone()
+    rendered[:, 0, 12:28, 22:38] = 0.9  # a slightly different object
+    clutter = rendered.clone()
+    clutter[:, 1:, 0:8, 0:10] = 0.6  # green-blue clutter in a corner, far from the object
+    on_object = rendered.clone()
+    on_object[:, 1, 15:25, 25:35] = 1.0
+    prob = FeatureLoss(net, "features+mask", "probability", dilation=2)
+    region = FeatureLoss(net, "features+mask", "region")
+    base = float(prob(rendered, observed))
+    assert base > 0
+    assert float(prob(clutter, observed)) == pytest.approx(base, rel=1e-3)
+    assert float(prob(on_object, observed)) > 1.2 * base
+    assert float(region(clutter, observed)) > 1.2 * float(region(rendered, observed))
+    with pytest.raises(FeatureError, match="needs the comparison"):
+        FeatureLoss(net, "features", "probability")
+    with pytest.raises(FeatureError, match="unknown pixel weighting"):
+        FeatureLoss(net, "features", "nope")

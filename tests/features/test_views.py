@@ -101,3 +101,69 @@ def test_backgrounds_errors(tmp_path):
     with pytest.raises(DatasetError, match="no readable image"):
         load_backgrounds(tmp_path)
     assert load_backgrounds(None) == ()
+
+
+def test_default_profile_trains_on_all_the_clutter(dataset_dir):
+    """The default config turns every kind of clutter on, the built-in training photos (never
+    a held-back one) and the other categories' training meshes as distractors."""
+    from regtool.config import load_config
+    from regtool.features.train import clutter_sampler, load_distractor_meshes
+    from regtool.render.clutter import builtin_photos
+
+    cfg = load_config()
+    distractors = load_distractor_meshes(dataset_dir, ["bottle"])
+    assert {m.name.split("_")[0] for m in distractors} == {"camera", "drill", "spray"}
+    assert all(m.label == 0 and "test" not in m.name for m in distractors)
+    sampler = clutter_sampler(cfg.unet, cfg.render, (), distractors)
+    assert min(sampler.clutter, sampler.distractors, sampler.occluders,
+               sampler.photometric) > 0
+    photos = {p.tobytes() for p in sampler.photos()}
+    assert photos == {p.tobytes() for _, p in builtin_photos("train")}
+    assert not photos & {p.tobytes() for _, p in builtin_photos("held_back")}
+
+
+def test_occluders_and_distractors_in_front_take_pixels_from_the_label(meshes):
+    """A view with an occluder over 30 % of the object: the same rendering as without one (the
+    clutter draws come after it) with 30 % of its object pixels relabelled background."""
+    from dataclasses import replace
+
+    from regtool.features.views import render_view
+
+    train, _ = meshes
+    plain = ViewSampler(96, 72, 40.0, 0.6, 0.2, occluders=0.0)
+    occluded = replace(plain, occluders=1.0, occlusion=(0.3, 0.3))
+    for seed in range(4):
+        rgb0, label0 = render_view(train[seed], plain, np.random.default_rng(seed))
+        rgb1, label1 = render_view(train[seed], occluded, np.random.default_rng(seed))
+        assert label0.sum() > 50
+        assert not (label1 & ~label0).any()  # only pixels taken away
+        share = (label1 > 0).sum() / (label0 > 0).sum()
+        assert abs(share - 0.7) < 0.05, share
+        assert (np.any(rgb1 != rgb0, axis=2) & (label0 > 0) & (label1 == 0)).any()
+    # Distractors in front: never more than half of the object hidden, their pixels labelled 0.
+    front = replace(plain, distractors=1.0, distractor_meshes=tuple(train[10:]))
+    hidden = []
+    for seed in range(12):
+        _, label0 = render_view(train[0], plain, np.random.default_rng(seed))
+        _, label1 = render_view(train[0], front, np.random.default_rng(seed))
+        assert set(np.unique(label1)) <= {0, train[0].label}
+        hidden.append(1 - (label1 > 0).sum() / max((label0 > 0).sum(), 1))
+    assert max(hidden) <= 0.5 + 1e-9
+
+
+def test_clutter_views_are_seeded_and_structured(meshes):
+    from dataclasses import replace
+
+    from regtool.render.clutter import builtin_photos
+
+    train, _ = meshes
+    sampler = replace(ViewSampler(96, 72, 40.0, 0.6, 0.2), clutter=1.0, photometric=1.0,
+                      photo_split="train")
+    a = render_batch(train, sampler, 5, 0, 3)
+    b = render_batch(train, sampler, 5, 0, 3)
+    assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])
+    plain = render_batch(train, ViewSampler(96, 72, 40.0, 0.6, 0.2), 5, 0, 3)
+    edges = [float((np.abs(np.diff(x.astype(int), axis=2)).max(axis=-1) > 25).mean())
+             for x in (a[0], plain[0])]
+    assert edges[0] > 2 * edges[1], edges
+    assert len(builtin_photos("train")) >= 10
