@@ -171,6 +171,16 @@ class RegisterConfig:
                       "default (one per core). At 160x120 a second thread gains little, and "
                       "two threads on a busy 2-core CPU stall each other (96 s against 8 s "
                       "measured); evaluate's workers divide the cores among themselves")
+    backward: str = _f("analytic", choices=("analytic", "learned"),
+                       doc="joint mode's pose: analytic (image gradients, StilllebenDR) or "
+                       "learned (a correspondence field from `train-correspondence` drives "
+                       "the pose, then the image features the code; needs --correspondence)")
+    field_iterations: int = _f(15, 1, 10_000, doc="learned backward: Gauss-Newton pose steps "
+                               "from the correspondence field, at most")
+    field_stop_px: float = _f(1.0, 0.0, 1000.0, unit="px", doc="learned backward: stop once "
+                              "the field's confidence-weighted mean length is below this")
+    field_code: bool = _f(False, doc="learned backward: the field also moves the latent code "
+                          "(else only the pose; the code follows from the image features)")
 
 
 @dataclass(frozen=True)

@@ -42,6 +42,12 @@ def evaluate_command(
                                               "evaluate.noise_draws."),
     workers: Optional[int] = typer.Option(None, "--workers", help="Parallel processes "
                                           "(0: one per core)."),
+    rotation_noise_deg: Optional[float] = typer.Option(
+        None, "--rotation-noise-deg", help="Pose noise: rotation uniform in +/-this about each "
+        "axis, degrees (evaluate.pose_noise_deg; the paper's 15)."),
+    translation_noise_m: Optional[float] = typer.Option(
+        None, "--translation-noise-m", help="Pose noise: x/y translation uniform in +/-this, "
+        "metres (evaluate.pose_noise_xy; the paper's 0.05)."),
     config: Optional[Path] = ConfigOption,
 ) -> None:
     """Table 1: register every test instance (known pose, pose noise) and compare with the 3D
@@ -59,8 +65,9 @@ def evaluate_command(
     from regtool.registration.result import software_versions
 
     with reported_errors(ctx):
-        cfg = command_config(ctx, config, {"evaluate": {"noise_draws": noise_draws,
-                                                   "workers": workers}})
+        cfg = command_config(ctx, config, {"evaluate": {
+            "noise_draws": noise_draws, "workers": workers,
+            "pose_noise_deg": rotation_noise_deg, "pose_noise_xy": translation_noise_m}})
         device = resolve_device(options(ctx).device)
         check_output_dir(out)  # created only when the report is written
         manifest = verify_dataset(dataset)

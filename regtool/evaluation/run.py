@@ -108,6 +108,20 @@ def _stats(points: np.ndarray, vertices: np.ndarray) -> dict:
     return distance_stats(points, vertices)
 
 
+def category_symmetry(dataset_root: Path, category: str, scale: float):
+    """Return the category's `data.manifest.Symmetry` from the dataset's manifest with its
+    point in metres (`scale`: dataset units -> metres), or None: pose errors of a symmetric
+    category count the axis tilt only (`metrics.pose_error`)."""
+    from dataclasses import replace
+
+    from regtool.data.manifest import read_manifest
+
+    symmetry = read_manifest(dataset_root).category(category).symmetry
+    if symmetry is None:
+        return None
+    return replace(symmetry, point=tuple(float(x) * scale for x in symmetry.point))
+
+
 def evaluate_instance(job: InstanceJob) -> dict:
     """Return the report row of one test instance (method -> distance stats, dataset units),
     with per-method timings."""
@@ -125,6 +139,7 @@ def evaluate_instance(job: InstanceJob) -> dict:
     test = data.test[job.instance_index]
     space, unet, unet_meta = load_models(Path(job.shapespace_path), Path(job.unet_path), device)
     scale = UNITS_TO_METRES[data.units]  # dataset units -> metres
+    symmetry = category_symmetry(Path(job.dataset_root), job.category, scale)
     rng = instance_rng(job.seed, job.category, job.instance_index)
     points = test.eval_points
     timings: dict[str, float] = {}
@@ -164,12 +179,13 @@ def evaluate_instance(job: InstanceJob) -> dict:
                      stop_reason=result.stop_reason, initial_loss=result.initial_loss,
                      best_loss=result.best_loss)
         if joint:  # how far the start and the final pose are from the true one (metres)
-            start_error, final_error = pose_error(start, pose_metres), pose_error(
-                result.poses[0], pose_metres)
+            start_error, final_error = pose_error(start, pose_metres, symmetry), pose_error(
+                result.poses[0], pose_metres, symmetry)
             stats.update(start_rotation_deg=start_error["rotation_deg"],
                          start_translation_m=start_error["translation"],
                          rotation_deg=final_error["rotation_deg"],
-                         translation_m=final_error["translation"])
+                         translation_m=final_error["translation"],
+                         rotation_full_deg=final_error["rotation_full_deg"])
         return stats
 
     t0 = time.perf_counter()
