@@ -37,6 +37,9 @@ def evaluate_command(
                                    help="Shape space; '{category}' is replaced per category."),
     unet: str = typer.Option("runs/{category}/unet.pt", "--unet",
                              help="U-Net checkpoint; '{category}' is replaced per category."),
+    correspondence: Optional[str] = typer.Option(
+        None, "--correspondence", help="Correspondence network per category ('{category}' "
+        "replaced): adds the columns of the learned backward (known pose, pose noise)."),
     out: Path = typer.Option(Path("runs/evaluation"), "--out", "-o", help="Report folder."),
     noise_draws: Optional[int] = typer.Option(None, "--noise-draws", help="Override "
                                               "evaluate.noise_draws."),
@@ -58,7 +61,7 @@ def evaluate_command(
     from regtool.config import config_to_dict
     from regtool.data.manifest import verify_dataset
     from regtool.device import resolve_device
-    from regtool.evaluation.report import write_report
+    from regtool.evaluation.report import COLUMNS, LEARNED_COLUMNS, write_report
     from regtool.evaluation.run import evaluate
     from regtool.io import check_output_dir
     from regtool.registration.pipeline import load_models
@@ -77,23 +80,33 @@ def evaluate_command(
             manifest.category(c)
         spaces = {c: _artifact(shapespace, c, "shape space") for c in names}
         unets = {c: _artifact(unet, c, "U-Net checkpoint") for c in names}
+        corrs = None if correspondence is None else \
+            {c: _artifact(correspondence, c, "correspondence network") for c in names}
         for c in names:  # fail fast on corrupted or mismatched artifacts
-            load_models(spaces[c], unets[c], device)
+            space, _, _ = load_models(spaces[c], unets[c], device)
+            if corrs is not None:
+                from regtool.registration.pipeline import load_correspondence_for
+
+                load_correspondence_for(space, corrs[c], device)
         total = sum(len(manifest.category(c).test) for c in names)
         t0 = time.perf_counter()
         with progress_bar("evaluate", total) as advance:
             rows = evaluate(dataset, names, spaces, unets, cfg, options(ctx).seed, str(device),
-                            progress=lambda name: advance(1, name))
+                            progress=lambda name: advance(1, name), correspondences=corrs)
         from regtool.render.context import get_context
 
         env = {**software_versions(get_context().info()["renderer"]),
                "machine": platform.machine(), "device": str(device), "seed": options(ctx).seed}
-        paths = write_report(out, rows, dataset_units=manifest.units, environment=env,
+        columns = COLUMNS + LEARNED_COLUMNS if corrs is not None else COLUMNS
+        paths = write_report(out, rows, columns=columns, dataset_units=manifest.units,
+                             environment=env,
                              config=config_to_dict(cfg),
                              timings={"total_seconds": time.perf_counter() - t0},
                              title=f"regtool evaluation: {', '.join(names)}",
                              extra={"dataset": str(dataset), "shapespaces": {c: str(p) for c, p
                                                                              in spaces.items()},
-                                    "unets": {c: str(p) for c, p in unets.items()}})
+                                    "unets": {c: str(p) for c, p in unets.items()},
+                                    **({} if corrs is None else {"correspondences": {
+                                        c: str(p) for c, p in corrs.items()}})})
         console.print((out / "report.md").read_text())
         console.print(f"report: [bold]{paths.get('report.md', out / 'report.md')}[/bold]")

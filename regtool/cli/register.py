@@ -51,6 +51,12 @@ def register_command(
                                 "from the camera's (default: refuse them)."),
     iterations: Optional[int] = typer.Option(None, "--iterations", help="Override "
                                              "register.iterations."),
+    backward: Optional[str] = typer.Option(
+        None, "--backward", help="Joint mode's pose: 'analytic' (image gradients) or "
+        "'learned' (a correspondence field drives the pose; needs --correspondence)."),
+    correspondence: Optional[Path] = typer.Option(
+        None, "--correspondence", help="Correspondence network (.pt, from "
+        "train-correspondence) for --backward learned."),
     config: Optional[Path] = ConfigOption,
 ) -> None:
     """Register the category's canonical mesh to observed image(s): writes the deformed mesh
@@ -73,7 +79,11 @@ def register_command(
 
     with reported_errors(ctx):
         cfg = command_config(ctx, config, {"register": {"iterations": iterations,
-                                                   "joint": True if joint else None}})
+                                                   "joint": True if joint else None,
+                                                   "backward": backward}})
+        if cfg.register.backward == "learned" and correspondence is None:
+            raise RegistrationError("--backward learned needs --correspondence FILE (a "
+                                    "network from train-correspondence)")
         device = resolve_device(options(ctx).device)
         check_output_dir(out)  # created only when the results are written
         cameras = [read_camera(p) for p in _per_view(camera, len(image), "camera")]
@@ -90,6 +100,11 @@ def register_command(
         images = [read_image(p, (c.width, c.height), resize) for p, c in zip(image, cameras)]
         named = None
         space, net, _meta = load_models(shapespace, unet, device)
+        corr_net = None
+        if correspondence is not None:
+            from regtool.registration.pipeline import load_correspondence_for
+
+            corr_net = load_correspondence_for(space, correspondence, device)
         if transfer is not None:
             from regtool.registration.transfer import (
                 SURFACE_TOLERANCE,
@@ -112,11 +127,14 @@ def register_command(
         with (progress_bar("register", steps * (2 if reg.start == "search" else 1)) as advance,
               torch_threads(reg.threads)):
             result = run_registration(space, net, observations, cfg, device,
-                                      callback=lambda rec: advance(1, f"loss {rec.loss:.5f}"))
+                                      callback=lambda rec: advance(1, f"loss {rec.loss:.5f}"),
+                                      correspondence=corr_net)
         extra = {"category": space.category, "units": space.units,
                  "stop_reason": result.stop_reason, "initial_loss": result.initial_loss,
                  "descents": result.descents,
                  "shapespace": str(shapespace), "unet": str(unet),
+                 "backward": cfg.register.backward,
+                 "correspondence": None if correspondence is None else str(correspondence),
                  "history": [{"iteration": h.iteration, "loss": h.loss, "lr": h.lr,
                                  "pose_step": h.pose_step, "seconds": h.seconds}
                                 for h in result.history]}

@@ -18,7 +18,7 @@ import signal
 import sys
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -42,6 +42,7 @@ class InstanceJob:
     seed: int
     device: str
     threads: int
+    correspondence_path: str | None = None  # adds the learned backward's columns
 
 
 def observation_camera(config: Config, image_size: tuple[int, int] | None = None
@@ -171,10 +172,22 @@ def evaluate_instance(job: InstanceJob) -> dict:
     pose_metres, observed = observe_instance(rng, test.mesh, scale, camera, cfg.render.distance)
     feature_loss = FeatureLoss(unet, cfg.register.loss)
 
-    def rgb_register(start: Pose, joint: bool) -> dict:
+    corr_net = None
+    if job.correspondence_path is not None:
+        from regtool.registration.pipeline import load_correspondence_for
+
+        corr_net = load_correspondence_for(space, Path(job.correspondence_path), device)
+
+    def rgb_register(start: Pose, joint: bool, learned: bool = False) -> dict:
         obs = make_observation(observed, camera, start, feature_loss, cfg.register.mask_dilation)
-        result = run_registration(space, unet, [obs], cfg, device, joint=joint)
+        run_cfg = replace(cfg, register=replace(cfg.register, backward="learned")) \
+            if learned else cfg
+        result = run_registration(space, unet, [obs], run_cfg, device, joint=joint,
+                                  correspondence=corr_net)
         stats = _stats(points, result.vertices)
+        if learned:
+            stats.update(field_seconds=result.timings.get("field", 0.0),
+                         field_px=result.descents[0].get("field_px", []))
         stats.update(iterations=len(result.history), seconds=result.timings["total"],
                      stop_reason=result.stop_reason, initial_loss=result.initial_loss,
                      best_loss=result.best_loss)
@@ -191,14 +204,21 @@ def evaluate_instance(job: InstanceJob) -> dict:
     t0 = time.perf_counter()
     row["rgb_known"] = rgb_register(pose_metres, joint=False)
     timings["rgb_known"] = time.perf_counter() - t0
+    if corr_net is not None:  # the learned backward from the true pose (the field may move it)
+        t0 = time.perf_counter()
+        row["rgb_known_learned"] = rgb_register(pose_metres, joint=True, learned=True)
+        timings["rgb_known_learned"] = time.perf_counter() - t0
 
     from regtool.evaluation.report import mean_over_draws
 
-    noisy_rgb, noisy_3d = [], []
+    noisy_rgb, noisy_3d, noisy_learned = [], [], []
     t0 = time.perf_counter()
     for _ in range(cfg.evaluate.noise_draws):
         noise = pose_noise(rng, cfg.evaluate.pose_noise_xy, cfg.evaluate.pose_noise_deg)
         noisy_rgb.append(rgb_register(perturb(pose_metres, noise), joint=True))
+        if corr_net is not None:  # the same draw (no extra random numbers drawn)
+            noisy_learned.append(rgb_register(perturb(pose_metres, noise), joint=True,
+                                              learned=True))
         # The same noise for the 3D fit: an object-frame perturbation of the initial pose.
         rot = Pose.identity().compose(noise[:3], noise[3:] / scale)
         fit_noisy = space.fit_points(points, pose=rot, optimise_pose=True)
@@ -206,13 +226,15 @@ def evaluate_instance(job: InstanceJob) -> dict:
     timings["pose_noise"] = time.perf_counter() - t0
     row["rgb_noisy"] = mean_over_draws(noisy_rgb)
     row["latent_3d_noisy"] = mean_over_draws(noisy_3d)
+    if noisy_learned:
+        row["rgb_noisy_learned"] = mean_over_draws(noisy_learned)
     row["timings"] = timings
     return row
 
 
 def evaluate(dataset_root: Path, categories: list[str], shapespaces: dict[str, Path],
              unets: dict[str, Path], config: Config, seed: int, device: str,
-             progress=None) -> list[dict]:
+             progress=None, correspondences: dict[str, Path] | None = None) -> list[dict]:
     """Return the report rows of every test instance of `categories`, evaluated in parallel
     processes when `config.evaluate.workers` (0: one per core) allows."""
     from regtool.data.manifest import read_manifest
@@ -221,8 +243,9 @@ def evaluate(dataset_root: Path, categories: list[str], shapespaces: dict[str, P
     jobs = []
     for c in categories:
         for i, _ in enumerate(manifest.category(c).test):
+            corr = None if correspondences is None else str(correspondences[c])
             jobs.append(InstanceJob(str(dataset_root), c, i, str(shapespaces[c]), str(unets[c]),
-                                    config, seed, device, 0))
+                                    config, seed, device, 0, corr))
     workers = config.evaluate.workers or (os.cpu_count() or 1)
     workers = max(1, min(workers, len(jobs)))
     if device.startswith("cuda"):

@@ -65,11 +65,27 @@ def make_observation(image: np.ndarray, camera: CameraIntrinsics, pose: Pose, fe
                        mask=mask)
 
 
+def load_correspondence_for(space, path: Path, device: torch.device):
+    """Return the correspondence network at `path` (eval mode) after checking it was trained
+    on the shape space's category; ArtifactError / RegistrationError otherwise."""
+    from regtool.correspondence.network import load_correspondence
+
+    model, meta = load_correspondence(path, device)
+    if meta.get("category") != space.category:
+        raise RegistrationError(
+            f"the shape space is for category '{space.category}' but the correspondence network "
+            f"{path} was trained on '{meta.get('category')}'")
+    return model
+
+
 def run_registration(space, unet, observations: list[Observation], config: Config,
                      device: torch.device, joint: bool | None = None,
-                     callback=None) -> RegistrationResult:
+                     callback=None, correspondence=None) -> RegistrationResult:
     """Register the shape space to the observations; `joint` overrides config.register.joint.
 
+    With `config.register.backward == "learned"` in joint mode, `correspondence` (a network
+    from `load_correspondence_for`) predicts the fields that drive the pose
+    (`learned.register_learned`); RegistrationError if it is missing.
     RegistrationError before any optimisation if an initial pose does not show the canonical
     (`inputs.check_pose_in_view`); RenderError if a view is larger, supersampled, than the
     OpenGL context renders."""
@@ -98,6 +114,19 @@ def run_registration(space, unet, observations: list[Observation], config: Confi
         # makes the loss jump as single pixels flip (at 160x120 the shapes differ by 1-3 pixels).
         return diff_render_supersampled(vertices_cam, faces, camera, settings, reg.supersample)
 
+    if reg.backward == "learned" and reg.joint:
+        from regtool.correspondence.network import network_estimator
+        from regtool.registration.learned import register_learned
+        from regtool.registration.optimise import _scales
+
+        if correspondence is None:
+            raise RegistrationError("register.backward = 'learned' needs a correspondence "
+                                    "network (--correspondence, from train-correspondence)")
+        radius = _scales(space, device)[2]
+        estimator = network_estimator(correspondence, [o.image for o in observations], radius,
+                                      device)
+        return register_learned(space, observations, loss_fn, render_fn, reg, device,
+                                estimator, callback=callback)
     return register(space, observations, loss_fn, render_fn, reg, device, callback=callback)
 
 
