@@ -89,7 +89,10 @@ class FieldStageResult:
     seconds: float = 0.0
 
     def summary(self) -> dict:
+        """Return the stage's entry of `RegistrationResult.descents`: "losses" are the field
+        lengths (pixels) per iteration, as `pipeline.summary_line` counts evaluations."""
         return {"start": "field stage", "field_px": list(self.field_px),
+                "losses": list(self.field_px), "pose_warmup": 0,
                 "iterations": len(self.field_px), "stop_reason": self.stop_reason,
                 "seconds": self.seconds}
 

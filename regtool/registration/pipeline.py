@@ -131,7 +131,8 @@ def run_registration(space, unet, observations: list[Observation], config: Confi
 
 
 _STOP_REASONS = {"iterations": "at the iteration limit", "plateau": "on a plateau",
-                 "diverged": "diverged"}
+                 "diverged": "diverged", "field below stop_px": "with the field below "
+                 "register.field_stop_px", "no valid field": "without a valid field"}
 
 
 def summary_line(result: RegistrationResult) -> str:

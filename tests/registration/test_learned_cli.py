@@ -135,3 +135,32 @@ def test_register_learned_backward_bad_inputs(bottle_artifacts, observation, tin
                              str(tmp_path / "missing.pt")), "not found")
     for name in ("a", "b", "c"):
         assert not (tmp_path / name).exists()
+
+
+@pytest.mark.slow
+def test_evaluate_with_correspondence_adds_the_learned_columns(bottle_artifacts, dataset_dir,
+                                                               observation, tiny_corr,
+                                                               tmp_path):
+    """evaluate --correspondence: the learned backward's known-pose and pose-noise columns,
+    the pose recovery of both backwards (the bottle's errors are axis tilts) and the ratios."""
+    out = tmp_path / "eval"
+    result = runner.invoke(app, ["evaluate", "--dataset", str(dataset_dir), "--category",
+                                 "bottle", "--shapespace", str(bottle_artifacts["shapespace"]),
+                                 "--unet", str(bottle_artifacts["unet"]), "--correspondence",
+                                 str(tiny_corr[0]), "--out", str(out), "--config",
+                                 str(observation / "config.toml"), "--rotation-noise-deg", "30",
+                                 "--translation-noise-m", "0.08"])
+    assert result.exit_code == 0, result.output
+    data = json.loads((out / "results.json").read_text())
+    assert data["config"]["evaluate"]["pose_noise_deg"] == 30.0
+    assert data["config"]["evaluate"]["pose_noise_xy"] == 0.08
+    for row in data["rows"]:
+        assert row["rgb_known_learned"]["mean"] > 0 and row["rgb_noisy_learned"]["mean"] > 0
+        for a, b in zip(row["rgb_noisy"]["draws"], row["rgb_noisy_learned"]["draws"]):
+            assert a["start_rotation_deg"] == b["start_rotation_deg"]  # the same draws
+            assert b["rotation_full_deg"] >= b["rotation_deg"]  # tilt <= full angle
+    assert data["pose_recovery_learned"]["bottle"]["n"] == len(data["rows"])
+    assert "rgb_noisy_learned/rgb_known" in data["ratios"]
+    md = (out / "report.md").read_text()
+    assert "Pose noise: regtool learned backward (RGB)" in md
+    assert "Pose recovery under pose noise (regtool learned backward" in md
