@@ -1,7 +1,9 @@
 """The correspondence network: observed RGB + the current rendering's G-buffer -> a 2D
 displacement per rendered pixel (pixels) and its expected error (the confidence).
 
-Inputs (`network_input`): the observation (3 channels, RGB in [0, 1]) and the rendering's
+Inputs: the observation (4 channels: RGB in [0, 1] and its object mask, the U-Net's
+segmentation at registration time, the true coverage in training) and (`network_input`) the
+rendering's
 G-buffer: mask (1), camera-frame unit normals (3, interpolated smooth vertex normals, facing
 the camera) and depth relative to the object's depth in object radii (1), zero off the object.
 Output (`CorrespondenceNet.forward`): (B, 3, H, W): displacement (u, v) in pixels and
@@ -28,7 +30,7 @@ from regtool.features.unet import _block
 CHECKPOINT_FORMAT = "regtool-correspondence"
 ARCH_KEYS = ("base_channels", "depth", "downsample")
 RENDER_CHANNELS = 5  # mask, normals (3), relative depth
-OBS_CHANNELS = 3
+OBS_CHANNELS = 4  # RGB + object mask
 DISPLACEMENT_UNIT = 8.0  # pixels per unit of the raw output (keeps the outputs near 1)
 
 
@@ -57,13 +59,14 @@ class CorrespondenceNet(nn.Module):
 
     def forward(self, observed: torch.Tensor, rendered: torch.Tensor) -> torch.Tensor:
         """Return (B, 3, H, W): displacement (u, v) in pixels and the log expected error, for
-        observed (B, 3, H, W) RGB in [0, 1] and rendered (B, 5, H, W) G-buffer channels."""
+        observed (B, 4, H, W) RGB in [0, 1] + object mask and rendered (B, 5, H, W) G-buffer
+        channels."""
         if observed.ndim != 4 or observed.shape[1] != OBS_CHANNELS \
                 or rendered.shape != (observed.shape[0], RENDER_CHANNELS, *observed.shape[2:]):
-            raise ValueError(f"inputs must be (B, 3, H, W) and (B, 5, H, W), got "
+            raise ValueError(f"inputs must be (B, 4, H, W) and (B, 5, H, W), got "
                              f"{tuple(observed.shape)} and {tuple(rendered.shape)}")
         h, w = observed.shape[-2:]
-        x = torch.cat([(observed - 0.5) / 0.25, rendered], dim=1)
+        x = torch.cat([(observed[:, :3] - 0.5) / 0.25, observed[:, 3:], rendered], dim=1)
         if self.downsample > 1:
             x = F.avg_pool2d(x, self.downsample, ceil_mode=True)
         xh, xw = x.shape[-2:]
@@ -163,13 +166,22 @@ def model_from_checkpoint(blob: dict[str, Any], source: str) -> CorrespondenceNe
     return model
 
 
-def network_estimator(model: CorrespondenceNet, images: list, radius: float,
+def observation_input(image, mask) -> torch.Tensor:
+    """Return the (4, H, W) float32 observation channels: RGB (H, W, 3) in [0, 1] and the
+    object mask (H, W) bool (None: zeros)."""
+    rgb = torch.as_tensor(image, dtype=torch.float32).permute(2, 0, 1)
+    m = torch.zeros(1, *rgb.shape[1:]) if mask is None else \
+        torch.as_tensor(mask, dtype=torch.float32)[None]
+    return torch.cat([rgb, m])
+
+
+def network_estimator(model: CorrespondenceNet, images: list, masks: list, radius: float,
                       device: torch.device | str = "cpu"):
     """Return a field estimator (`registration.learned.FieldEstimator`) that predicts the
-    field with `model` from the observed images (per view (H, W, 3) float RGB in [0, 1]) and
-    each rendering's G-buffer (`network_input`; `radius`: the canonical's, metres)."""
-    observed = [torch.as_tensor(im, dtype=torch.float32).permute(2, 0, 1)[None].to(device)
-                for im in images]
+    field with `model` from the observed images (per view (H, W, 3) float RGB in [0, 1]), their
+    object masks ((H, W) bool, e.g. the U-Net's segmentation) and each rendering's G-buffer
+    (`network_input`; `radius`: the canonical's, metres)."""
+    observed = [observation_input(im, m)[None].to(device) for im, m in zip(images, masks)]
 
     @torch.no_grad()
     def estimate(view: int, gbuffer, vertices: torch.Tensor, faces: torch.Tensor, camera):

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from regtool.correspondence.field import symmetric_truth, true_field
-from regtool.correspondence.network import network_input
+from regtool.correspondence.network import network_input, observation_input
 from regtool.features.views import ViewMesh, ViewSampler, render_view, sample_pose
 from regtool.geometry.camera import CameraIntrinsics, Pose
 from regtool.render.gbuffer import rasterize
@@ -60,7 +60,8 @@ class PairSource:
 
 @dataclass(frozen=True)
 class Pair:
-    """One training pair: observed (3, H, W) float32 RGB, rendered (5, H, W) G-buffer channels
+    """One training pair: observed (4, H, W) float32 RGB + object mask (`network.
+    observation_input`), rendered (5, H, W) G-buffer channels
     (`network.network_input`), target (2, H, W) float32 displacement (pixels), valid (H, W)
     bool, mask (H, W) bool (the estimate's coverage)."""
 
@@ -85,11 +86,13 @@ def perturb_pose(pose: Pose, rng: np.random.Generator, max_rotation_deg: float,
 
 @dataclass(frozen=True)
 class _View:
-    """An observation of a pair: mesh index, true pose, RGB (H, W, 3) uint8, depth (H, W)."""
+    """An observation of a pair: mesh index, true pose, RGB (H, W, 3) uint8, object mask
+    (H, W) bool, depth (H, W)."""
 
     index: int
     truth: Pose
     rgb: np.ndarray
+    mask: np.ndarray
     depth: torch.Tensor
 
 
@@ -97,9 +100,10 @@ def _observe(source: PairSource, rng: np.random.Generator) -> _View:
     i = int(rng.integers(len(source.meshes)))
     mesh = source.meshes[i]
     truth = sample_pose(rng, source.sampler)
-    rgb, _ = render_view(mesh, source.sampler, rng, pose=truth)
+    rgb, label = render_view(mesh, source.sampler, rng, pose=truth)
     observed_cam = mesh.vertices @ truth.rotation.T + truth.translation
-    return _View(i, truth, rgb, rasterize(observed_cam, mesh.faces, source.camera).depth)
+    return _View(i, truth, rgb, label > 0,
+                 rasterize(observed_cam, mesh.faces, source.camera).depth)
 
 
 def _estimate(source: PairSource, view: _View, rng: np.random.Generator) -> Pair | None:
@@ -137,7 +141,7 @@ def _estimate(source: PairSource, view: _View, rng: np.random.Generator) -> Pair
         return None
     rendered = network_input(gb, torch.as_tensor(est_cam, dtype=torch.float32), faces,
                              source.radius)
-    observed = torch.from_numpy(view.rgb).permute(2, 0, 1).float() / 255.0
+    observed = observation_input(view.rgb.astype(np.float32) / 255.0, view.mask)
     return Pair(observed, rendered, fld.displacement.permute(2, 0, 1).contiguous(), valid,
                 gb.mask)
 

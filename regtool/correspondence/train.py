@@ -308,7 +308,7 @@ def _write_fields_png(path: Path, sets: list[tuple[str, dict, torch.Tensor]], st
         _, epe = pair_losses(pred, batch)
         zero = zero_field_epe(batch)
         for i in range(min(per_set, batch["observed"].shape[0])):
-            cols.append((name, batch["observed"][i].permute(1, 2, 0).numpy(),
+            cols.append((name, batch["observed"][i, :3].permute(1, 2, 0).numpy(),
                          batch["target"][i].permute(1, 2, 0).numpy(),
                          pred[i, :2].permute(1, 2, 0).numpy(), batch["valid"][i].numpy(),
                          batch["mask"][i].numpy(), float(epe[i]), float(zero[i])))

@@ -12,7 +12,9 @@ least-squares pose step, as PnP would take): g from the propagation, the normal 
 H = sum_p w_p A_p^T A_p / sum w from the Jacobians A_p (2 x n) of the projected surface points
 with respect to the parameters (forward-mode autograd), step = -(H + mu diag(H) + eps)^-1 g,
 clipped to `max_rotation_step` radians / `max_translation_step` object radii / 1 latent std.
-It stops once the field's weighted mean length is below `stop_px` pixels.
+It stops once the field's weighted mean length is below `stop_px` pixels and returns the
+state whose field was the shortest (a network's field is noisy; the last step need not be the
+best).
 
 `register_learned` is the driver of `register --backward learned`: the field stage from the
 initial poses, then the analytic known-pose descent of the code at the refined poses
@@ -78,9 +80,9 @@ class FieldStageSettings:
 
 @dataclass
 class FieldStageResult:
-    """The outcome of `field_stage`: final poses (one per view), latent code z (k,), the
-    weighted mean field length per iteration (pixels, mean over views), why it stopped and
-    its seconds."""
+    """The outcome of `field_stage`: the poses (one per view) and latent code z (k,) of the
+    iteration with the shortest field, the weighted mean field length per iteration (pixels,
+    mean over views), why it stopped and its seconds."""
 
     poses: list[Pose]
     z: np.ndarray
@@ -135,6 +137,8 @@ def field_stage(space, observations: list[Observation], estimator: FieldEstimato
             result.stop_reason = "no valid field"
             break
         result.field_px.append(float(np.mean(lengths)))
+        if result.field_px[-1] <= min(result.field_px):  # the best state seen: keep it
+            result.poses, result.z = poses, (u * std).detach().cpu().numpy()
         if result.field_px[-1] < settings.stop_px:
             result.stop_reason = "field below stop_px"
             break
@@ -146,7 +150,6 @@ def field_stage(space, observations: list[Observation], estimator: FieldEstimato
         if settings.drive_code:
             u = (u + step[6:].to(u.device)).clamp(-settings.latent_bound,
                                                    settings.latent_bound)
-        result.poses, result.z = poses, (u * std).detach().cpu().numpy()
     result.seconds = time.perf_counter() - t_start
     return result
 

@@ -123,8 +123,8 @@ def run_registration(space, unet, observations: list[Observation], config: Confi
             raise RegistrationError("register.backward = 'learned' needs a correspondence "
                                     "network (--correspondence, from train-correspondence)")
         radius = _scales(space, device)[2]
-        estimator = network_estimator(correspondence, [o.image for o in observations], radius,
-                                      device)
+        estimator = network_estimator(correspondence, [o.image for o in observations],
+                                      [o.mask for o in observations], radius, device)
         return register_learned(space, observations, loss_fn, render_fn, reg, device,
                                 estimator, callback=callback)
     return register(space, observations, loss_fn, render_fn, reg, device, callback=callback)

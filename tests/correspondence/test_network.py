@@ -19,7 +19,7 @@ from regtool.errors import ArtifactError
 def test_network_output_matches_the_input_size(downsample, size):
     """Any image size: (B, 3, H, W) out, displacement in full-resolution pixels."""
     net = CorrespondenceNet(base_channels=4, depth=3, downsample=downsample)
-    obs = torch.rand(2, 3, *size)
+    obs = torch.rand(2, 4, *size)
     ren = torch.rand(2, 5, *size)
     assert net(obs, ren).shape == (2, 3, *size)
     with pytest.raises(ValueError, match="inputs must be"):
@@ -36,7 +36,7 @@ def test_checkpoint_round_trip_and_refusals(tmp_path):
     loaded, meta = load_correspondence(path)
     assert meta["category"] == "bottle" and meta["step"] == 3
     assert meta["arch"] == {"base_channels": 4, "depth": 2, "downsample": 2}
-    x, r = torch.rand(1, 3, 24, 32), torch.rand(1, 5, 24, 32)
+    x, r = torch.rand(1, 4, 24, 32), torch.rand(1, 5, 24, 32)
     with torch.no_grad():
         torch.testing.assert_close(loaded(x, r), net(x, r))
     data = bytearray(path.read_bytes())
@@ -80,7 +80,7 @@ def test_pair_without_perturbation_has_a_zero_field(bottle_space_file, dataset_d
     src, _ = _source(bottle_space_file, dataset_dir, max_rotation_deg=0.0,
                      max_translation_m=0.0, canonical_share=0.0, code_noise=0.0)
     pair = render_pair(src, np.random.default_rng(0))
-    assert pair.observed.shape == (3, 72, 96) and pair.rendered.shape == (5, 72, 96)
+    assert pair.observed.shape == (4, 72, 96) and pair.rendered.shape == (5, 72, 96)
     valid = pair.valid
     assert int(valid.sum()) > 0.9 * int(pair.mask.sum()) > 50
     assert float(pair.target.norm(dim=0)[valid].max()) < 0.05
