@@ -214,6 +214,9 @@ class RegisterConfig:
                               "the field's confidence-weighted mean length is below this")
     field_code: bool = _f(False, doc="learned backward: the field also moves the latent code "
                           "(else only the pose; the code follows from the image features)")
+    field_refine: bool = _f(True, doc="learned backward: after the field stage, the analytic "
+                            "joint descent (pose and code, without centring and rotation grid); "
+                            "false: the known-pose descent of the code (docs/correspondence.md)")
 
 
 @dataclass(frozen=True)

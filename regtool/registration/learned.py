@@ -18,8 +18,9 @@ best).
 
 `register_learned` is the driver of `register --backward learned`: the field stage from the
 initial poses, then the analytic known-pose descent of the code at the refined poses
-(`optimise.register` with joint = False: image features drive the shape), its result carrying
-the refined poses and the field stage's summary.
+(`optimise.register` with joint = False: image features drive the shape; with
+`register.field_refine` the analytic joint descent of pose and code instead), its result
+carrying the refined poses and the field stage's summary.
 """
 
 from __future__ import annotations
@@ -229,8 +230,10 @@ def register_learned(space, observations: list[Observation], loss_fn: Callable,
                         device)
     moved = [replace(o, pose=p) for o, p in zip(observations, stage.poses)]
     start = stage.z if config.field_code else None
-    result = register(space, moved, loss_fn, render_fn, replace(config, joint=False), device,
-                      callback=callback, start_code=start)
+    after = replace(config, joint=False) if not config.field_refine else \
+        replace(config, joint=True, centre_start=False, pose_search_deg=0.0)
+    result = register(space, moved, loss_fn, render_fn, after, device, callback=callback,
+                      start_code=start)
     result.timings["field"] = stage.seconds
     result.timings["total"] += stage.seconds
     result.descents = [stage.summary(), *result.descents]
