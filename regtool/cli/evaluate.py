@@ -83,11 +83,11 @@ def evaluate_command(
         corrs = None if correspondence is None else \
             {c: _artifact(correspondence, c, "correspondence network") for c in names}
         for c in names:  # fail fast on corrupted or mismatched artifacts
-            space, _, _ = load_models(spaces[c], unets[c], device)
+            models = load_models(spaces[c], unets[c], device)
             if corrs is not None:
                 from regtool.registration.pipeline import load_correspondence_for
 
-                load_correspondence_for(space, corrs[c], device)
+                load_correspondence_for(models[0], corrs[c], device)
         total = sum(len(manifest.category(c).test) for c in names)
         t0 = time.perf_counter()
         with progress_bar("evaluate", total) as advance:
