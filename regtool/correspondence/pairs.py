@@ -14,6 +14,7 @@ turned about the axis to the equivalent closest to the estimate), invalid where 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -32,7 +33,7 @@ class PairSource:
     ranges (degrees, metres, latent std), the category's symmetry (object frame: axis (3,) and
     point (3,) in metres) or None, and the probability of starting from the canonical's code."""
 
-    space: object
+    space: Any  # a ShapeSpace
     meshes: tuple[ViewMesh, ...]
     codes: np.ndarray
     sampler: ViewSampler
@@ -53,7 +54,7 @@ class PairSource:
         """The canonical's largest distance from its centroid, metres."""
         from regtool.units import UNITS_TO_METRES
 
-        v = np.asarray(self.space.canonical_vertices, float)
+        v = np.asarray(self.space.canonical_vertices, np.float64)
         return UNITS_TO_METRES.get(self.space.units, 1.0) * float(
             np.linalg.norm(v - v.mean(0), axis=1).max())
 
@@ -117,7 +118,7 @@ def _estimate(source: PairSource, view: _View, rng: np.random.Generator) -> Pair
     faces = torch.as_tensor(space.faces, dtype=torch.int64)
     std = np.sqrt(np.maximum(space.explained_variance, 1e-20))
     if rng.uniform() < source.canonical_share:
-        z_est = np.asarray(space.canonical_code, float)
+        z_est = np.asarray(space.canonical_code, np.float64)
     else:
         z_est = source.codes[view.index] + rng.normal(size=std.shape) * source.code_noise * std
     scale = 0.1 if rng.uniform() < 1.0 / 3.0 else 1.0

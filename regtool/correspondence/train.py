@@ -117,10 +117,11 @@ def load_pair_sources(dataset_root: Path, category: str, shapespace_path: Path,
     symmetry = category_symmetry(Path(dataset_root), category, scale)
     sampler = ViewSampler(config.image_width, config.image_height, render.fov_y_deg,
                           render.distance, config.distance_jitter)
-    common = {"space": space, "sampler": sampler, "max_rotation_deg": config.max_rotation_deg,
-              "max_translation_m": config.max_translation_m, "code_noise": config.code_noise,
-              "symmetry_axis": None if symmetry is None else np.asarray(symmetry.axis),
-              "symmetry_point": None if symmetry is None else np.asarray(symmetry.point)}
+    common: dict[str, Any] = {
+        "space": space, "sampler": sampler, "max_rotation_deg": config.max_rotation_deg,
+        "max_translation_m": config.max_translation_m, "code_noise": config.code_noise,
+        "symmetry_axis": None if symmetry is None else np.asarray(symmetry.axis),
+        "symmetry_point": None if symmetry is None else np.asarray(symmetry.point)}
     return (PairSource(meshes=train, codes=codes, **common),
             PairSource(meshes=test, codes=test_codes, **common), space)
 
@@ -314,7 +315,7 @@ def _write_fields_png(path: Path, sets: list[tuple[str, dict, torch.Tensor]], st
                          batch["mask"][i].numpy(), float(epe[i]), float(zero[i])))
     fig, axes = plt.subplots(3, len(cols), figsize=(1.9 * len(cols), 4.6), dpi=90,
                              squeeze=False)
-    for j, (name, obs, true, pr, valid, mask, epe, zero) in enumerate(cols):
+    for j, (name, obs, true, pr, valid, mask, epe_j, zero_j) in enumerate(cols):
         scale = float(np.percentile(np.linalg.norm(true[valid], axis=-1), 95)) if valid.any() \
             else 1.0
         for i, im in enumerate([obs, flow_colours(true, valid, scale),
@@ -323,7 +324,7 @@ def _write_fields_png(path: Path, sets: list[tuple[str, dict, torch.Tensor]], st
             axes[i, j].set_xticks([])
             axes[i, j].set_yticks([])
         axes[0, j].set_title(name, fontsize=7)
-        axes[2, j].set_xlabel(f"EPE {epe:.1f} px (zero {zero:.1f})", fontsize=7)
+        axes[2, j].set_xlabel(f"EPE {epe_j:.1f} px (zero {zero_j:.1f})", fontsize=7)
     for i, label in enumerate(["observation", "true field", "predicted"]):
         axes[i, 0].set_ylabel(label, fontsize=8)
     fig.tight_layout()

@@ -85,7 +85,8 @@ def write_category(root: Path, category: str, config: MakeDatasetConfig, seed: i
                        "offset": offset.tolist(), "ranges": spec.ranges, "instances": params})
     symmetry = None
     if category in SYMMETRY_AXES:  # the generator's axis, moved with the category's offset
-        symmetry = Symmetry(SYMMETRY_AXES[category], tuple(float(x) for x in offset))
+        point = (float(offset[0]), float(offset[1]), float(offset[2]))
+        symmetry = Symmetry(SYMMETRY_AXES[category], point)
     return CategoryEntry(category, canonical, tuple(train), tuple(tests), symmetry=symmetry)
 
 

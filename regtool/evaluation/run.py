@@ -120,7 +120,8 @@ def category_symmetry(dataset_root: Path, category: str, scale: float):
     symmetry = read_manifest(dataset_root).category(category).symmetry
     if symmetry is None:
         return None
-    return replace(symmetry, point=tuple(float(x) * scale for x in symmetry.point))
+    x, y, z = (float(v) * scale for v in symmetry.point)
+    return replace(symmetry, point=(x, y, z))
 
 
 def evaluate_instance(job: InstanceJob) -> dict:

@@ -28,6 +28,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import numpy as np
 import torch
@@ -72,9 +73,10 @@ class FieldStageSettings:
 
     @classmethod
     def from_config(cls, config: RegisterConfig, **overrides) -> "FieldStageSettings":
-        values = {"iterations": config.field_iterations, "stop_px": config.field_stop_px,
-                  "drive_code": config.field_code, "pose_axes": tuple(config.pose_axes),
-                  "latent_bound": config.latent_bound}
+        values: dict[str, Any] = {
+            "iterations": config.field_iterations, "stop_px": config.field_stop_px,
+            "drive_code": config.field_code, "pose_axes": tuple(config.pose_axes),
+            "latent_bound": config.latent_bound}
         values.update(overrides)
         return cls(**values)
 
@@ -143,6 +145,7 @@ def field_stage(space, observations: list[Observation], estimator: FieldEstimato
         if result.field_px[-1] < settings.stop_px:
             result.stop_reason = "field below stop_px"
             break
+        assert delta.grad is not None  # at least one view was propagated
         g = torch.cat([delta.grad, uu.grad if uu.grad is not None
                        else torch.zeros(k, dtype=torch.float64, device=device)]).cpu()
         h = _normal_matrix(space, observations, poses, u, std, unit, radius, views, device)
