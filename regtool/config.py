@@ -159,6 +159,39 @@ class UNetConfig:
 
 
 @dataclass(frozen=True)
+class CorrespondenceConfig:
+    """`regtool train-correspondence`: the correspondence-field network and its training pairs."""
+
+    base_channels: int = _f(12, 2, 256, doc="channels of the first network level (doubling "
+                            "per level)")
+    depth: int = _f(4, 1, 7, doc="network levels (2x2 max-pools)")
+    downsample: int = _f(2, 1, 8, doc="the network works at 1/this of the image size "
+                         "(outputs upsampled to full-resolution pixels)")
+    image_width: int = _f(160, 16, 4096, unit="px", doc="training view width (use the "
+                          "U-Net's: registration observes at its size)")
+    image_height: int = _f(120, 16, 4096, unit="px", doc="training view height")
+    steps: int = _f(600, 1, 10_000_000, doc="optimiser steps")
+    batch_size: int = _f(8, 1, 4096, doc="pairs per step")
+    pairs_per_view: int = _f(4, 1, 4096, doc="training pairs (estimates) per rendered "
+                             "observation: the photo-like rendering is the costly part")
+    learning_rate: float = _f(2e-3, 1e-8, 10.0, doc="AdamW's peak learning rate (warm-up, "
+                              "cosine decay, as train-unet)")
+    val_views: int = _f(32, 1, 100_000, doc="validation pairs (and pairs of the test meshes)")
+    val_every: int = _f(100, 1, 10_000_000, unit="steps", doc="validation interval")
+    checkpoint_every: int = _f(100, 1, 10_000_000, unit="steps", doc="checkpoint interval")
+    max_rotation_deg: float = _f(30.0, 0.0, 180.0, unit="deg",
+                                 doc="pose perturbation of the estimate: rotation up to this")
+    max_translation_m: float = _f(0.08, 0.0, 10.0, unit="m", doc="pose perturbation: x/y "
+                                  "translation up to this (z: a quarter)")
+    code_noise: float = _f(0.5, 0.0, 10.0, unit="latent std", doc="code perturbation of the "
+                           "estimate (when it does not start from the canonical's code)")
+    distance_jitter: float = _f(0.2, 0.0, 0.9, unit="fraction",
+                                doc="relative jitter of the working distance of the views")
+    threads: int = _f(1, 0, 256, doc="torch threads; 0: one per core. On a busy 2-core CPU "
+                      "two threads made a step 8x slower than one (16 s against 2 s measured)")
+
+
+@dataclass(frozen=True)
 class RegisterConfig:
     """`regtool register`: the render-and-compare optimisation (StilllebenDR, Sec. 3.3)."""
 
@@ -235,6 +268,19 @@ class RegisterConfig:
                                      "in that step")
     refine_rank: int = _f(64, 1, 10_000, doc="refinement: rank of the low-rank Gaussian "
                           "kernel (Nystroem on farthest points, as CPD's)")
+    backward: str = _f("analytic", choices=("analytic", "learned"),
+                       doc="joint mode's pose: analytic (image gradients, StilllebenDR) or "
+                       "learned (a correspondence field from `train-correspondence` drives "
+                       "the pose, then the image features the code; needs --correspondence)")
+    field_iterations: int = _f(15, 1, 10_000, doc="learned backward: Gauss-Newton pose steps "
+                               "from the correspondence field, at most")
+    field_stop_px: float = _f(1.0, 0.0, 1000.0, unit="px", doc="learned backward: stop once "
+                              "the field's confidence-weighted mean length is below this")
+    field_code: bool = _f(False, doc="learned backward: the field also moves the latent code "
+                          "(else only the pose; the code follows from the image features)")
+    field_refine: bool = _f(True, doc="learned backward: after the field stage, the analytic "
+                            "joint descent (pose and code, without centring and rotation grid); "
+                            "false: the known-pose descent of the code (docs/correspondence.md)")
 
 
 @dataclass(frozen=True)
@@ -278,6 +324,7 @@ class Config:
     shapespace: ShapeSpaceConfig = field(default_factory=ShapeSpaceConfig)
     render: RenderConfig = field(default_factory=RenderConfig)
     unet: UNetConfig = field(default_factory=UNetConfig)
+    correspondence: CorrespondenceConfig = field(default_factory=CorrespondenceConfig)
     register: RegisterConfig = field(default_factory=RegisterConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
 
@@ -408,7 +455,8 @@ def config_to_dict(config: Config) -> dict[str, Any]:
 
 SECTION_COMMANDS = {"make_dataset": "make-dataset", "shapespace": "build-shapespace",
                     "render": "make-dataset, train-unet, register, evaluate",
-                    "unet": "train-unet", "register": "register, evaluate",
+                    "unet": "train-unet", "correspondence": "train-correspondence",
+                    "register": "register, evaluate",
                     "evaluate": "evaluate"}
 
 

@@ -38,6 +38,7 @@ from regtool.data.dataset import load_category
 from regtool.data.manifest import read_manifest
 from regtool.evaluation.metrics import distance_stats, pose_error
 from regtool.evaluation.run import (
+    category_symmetry,
     instance_rng,
     observation_camera,
     observe_instance,
@@ -63,6 +64,7 @@ def run_instance(run_dir: str, category: str, index: int, variants: dict, draws:
     space, unet, meta = load_models(run / category / "shapespace.npz",
                                     run / category / "unet.pt", torch.device("cpu"))
     scale = UNITS_TO_METRES[data.units]
+    symmetry = category_symmetry(run / "dataset", category, scale)  # as `regtool evaluate`
     rng = instance_rng(seed, category, index)
     reference_seeds(rng)  # drawn by the 3D references first in `regtool evaluate`
     camera = observation_camera(cfg, meta.get("image_size"))
@@ -80,7 +82,8 @@ def run_instance(run_dir: str, category: str, index: int, variants: dict, draws:
                                    variant_cfg.register.mask_dilation)
             result = run_registration(space, unet, [obs], variant_cfg, torch.device("cpu"),
                                       joint=bool(overrides.get("joint", True)))
-            before, after = pose_error(start, true_pose), pose_error(result.poses[0], true_pose)
+            before = pose_error(start, true_pose, symmetry)
+            after = pose_error(result.poses[0], true_pose, symmetry)
             records.append({
                 "variant": name, "category": category, "instance": test.name, "draw": k,
                 "error_mm": distance_stats(test.eval_points, result.vertices)["mean"] * scale

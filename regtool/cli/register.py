@@ -40,6 +40,12 @@ def register_command(
                                 "from the camera's (default: refuse them)."),
     iterations: Optional[int] = typer.Option(None, "--iterations", help="Override "
                                              "register.iterations."),
+    backward: Optional[str] = typer.Option(
+        None, "--backward", help="Joint mode's pose: 'analytic' (image gradients) or "
+        "'learned' (a correspondence field drives the pose; needs --correspondence)."),
+    correspondence: Optional[Path] = typer.Option(
+        None, "--correspondence", help="Correspondence network (.pt, from "
+        "train-correspondence) for --backward learned."),
     config: Optional[Path] = ConfigOption,
 ) -> None:
     """Register the category's canonical mesh to observed image(s): writes the deformed mesh
@@ -47,12 +53,17 @@ def register_command(
     import contextlib
 
     from regtool.device import resolve_device
+    from regtool.errors import RegistrationError
     from regtool.registration.job import JobInputs, register_job, registration_steps
     from regtool.registration.pipeline import summary_line
 
     with reported_errors(ctx):
         cfg = command_config(ctx, config, {"register": {"iterations": iterations,
-                                                   "joint": True if joint else None}})
+                                                   "joint": True if joint else None,
+                                                   "backward": backward}})
+        if cfg.register.backward == "learned" and correspondence is None:
+            raise RegistrationError("--backward learned needs --correspondence FILE (a "
+                                    "network from train-correspondence)")
         device = resolve_device(options(ctx).device)
         inputs = JobInputs(images=tuple(image), cameras=tuple(camera), poses=tuple(pose),
                            masks=tuple(mask or ()), transfer=transfer, resize=resize)
@@ -66,7 +77,7 @@ def register_command(
                 bar[0](1, f"loss {rec.loss:.5f}")
 
             output = register_job(out, shapespace, unet, inputs, cfg, device, callback=advance,
-                                  warn=warn)
+                                  warn=warn, correspondence=correspondence)
         console.print(summary_line(output.result))
         names = ", ".join(sorted(p.name for p in output.paths.values()))
         console.print(f"results in [bold]{out}[/bold]: {names}")

@@ -16,10 +16,17 @@ from regtool.data.manifest import (
     CategoryEntry,
     FileEntry,
     Manifest,
+    Symmetry,
     TestEntry,
     manifest_to_dict,
 )
-from regtool.data.procedural import canonical_params, generate_mesh, sample_params, spec_of
+from regtool.data.procedural import (
+    SYMMETRY_AXES,
+    canonical_params,
+    generate_mesh,
+    sample_params,
+    spec_of,
+)
 from regtool.errors import OutputError
 from regtool.geometry.mesh import save_mesh, save_points
 from regtool.io import atomic_dir, check_output_dir, sha256_file, write_json_atomic
@@ -76,7 +83,11 @@ def write_category(root: Path, category: str, config: MakeDatasetConfig, seed: i
     write_json_atomic(root / category / "params.json",
                       {"category": category, "description": spec.description, "units": "m",
                        "offset": offset.tolist(), "ranges": spec.ranges, "instances": params})
-    return CategoryEntry(category, canonical, tuple(train), tuple(tests))
+    symmetry = None
+    if category in SYMMETRY_AXES:  # the generator's axis, moved with the category's offset
+        point = (float(offset[0]), float(offset[1]), float(offset[2]))
+        symmetry = Symmetry(SYMMETRY_AXES[category], point)
+    return CategoryEntry(category, canonical, tuple(train), tuple(tests), symmetry=symmetry)
 
 
 def _sample_surface(mesh, count: int, rng: np.random.Generator):

@@ -25,6 +25,11 @@ Optional fields (written by `regtool import-dataset`; manifests without them sta
 * ``categories.<c>.offset``: ``[x, y, z]`` in the manifest's units, the translation that was
   added to the source meshes and point sets to put the canonical's bounding-box centre at the
   origin (file coordinates = source coordinates + offset).
+* ``categories.<c>.symmetry``: ``{"axis": [x, y, z], "point": [x, y, z]}``, a rotational
+  symmetry axis of the category (object frame: direction, and a point on it in the manifest's
+  units, default the origin): no image shows a rotation about it, so pose errors count only
+  the axis tilt. The procedural bottle and spray declare it; `import-dataset` leaves it to the
+  user (add it to the manifest by hand).
 * ``categories.<c>.test[i].points_source``: ``"file"`` (the evaluation points were given with
   the meshes) or ``"sampled"`` (drawn uniformly on the test mesh's surface).
 * Any other key of a category (e.g. ``repaired``: {mesh name: [repair steps]}, ``sources``:
@@ -76,6 +81,19 @@ class CategoryEntry:
     test: tuple[TestEntry, ...]
     offset: tuple[float, float, float] | None = None
     extra: dict = field(default_factory=dict)
+    symmetry: "Symmetry | None" = None
+
+
+@dataclass(frozen=True)
+class Symmetry:
+    """A rotational symmetry axis of a category: unit direction `axis` (3,) and a `point` (3,)
+    on it, object frame, the dataset's units."""
+
+    axis: tuple[float, float, float]
+    point: tuple[float, float, float] = (0.0, 0.0, 0.0)
+
+    def to_dict(self) -> dict:
+        return {"axis": list(self.axis), "point": list(self.point)}
 
 
 @dataclass(frozen=True)
@@ -111,7 +129,7 @@ def _file_entry(data, where: str) -> FileEntry:
     return FileEntry(str(name), path, sha)
 
 
-_CATEGORY_KEYS = ("canonical", "train", "test", "offset")
+_CATEGORY_KEYS = ("canonical", "train", "test", "offset", "symmetry")
 
 
 def _offset(value, where: str) -> tuple[float, float, float] | None:
@@ -124,6 +142,21 @@ def _offset(value, where: str) -> tuple[float, float, float] | None:
             or not all(math.isfinite(x) for x in value)):
         raise DatasetError(f"{where} must be a list of 3 finite numbers")
     return (float(value[0]), float(value[1]), float(value[2]))
+
+
+def _symmetry(value, where: str) -> Symmetry | None:
+    """Return the optional category symmetry; DatasetError unless None or an object with a
+    non-zero 3-vector `axis` and an optional 3-vector `point`."""
+    if value is None:
+        return None
+    if not isinstance(value, dict) or set(value) - {"axis", "point"}:
+        raise DatasetError(f"{where} must be an object with 'axis' and optionally 'point'")
+    axis = _offset(value.get("axis"), f"{where}.axis")
+    if axis is None or math.hypot(*axis) == 0:
+        raise DatasetError(f"{where}.axis must be a non-zero list of 3 numbers")
+    norm = math.hypot(*axis)
+    point = _offset(value.get("point"), f"{where}.point") or (0.0, 0.0, 0.0)
+    return Symmetry((axis[0] / norm, axis[1] / norm, axis[2] / norm), point)
 
 
 def parse_manifest(data: dict, source: str = "manifest") -> Manifest:
@@ -165,6 +198,7 @@ def parse_manifest(data: dict, source: str = "manifest") -> Manifest:
                         for i, e in enumerate(train)),
             test=tuple(tests),
             offset=_offset(c.get("offset"), f"{source}: categories.{cname}.offset"),
+            symmetry=_symmetry(c.get("symmetry"), f"{source}: categories.{cname}.symmetry"),
             extra={k: v for k, v in c.items() if k not in _CATEGORY_KEYS})
     extra = {k: v for k, v in data.items()
              if k not in ("format", "version", "name", "units", "up_axis", "categories")}
@@ -183,8 +217,9 @@ def manifest_to_dict(m: Manifest) -> dict:
 
     def category(c: CategoryEntry) -> dict:
         offset = {} if c.offset is None else {"offset": list(c.offset)}
+        symmetry = {} if c.symmetry is None else {"symmetry": c.symmetry.to_dict()}
         return {"canonical": fe(c.canonical), "train": [fe(e) for e in c.train],
-                "test": [test(t) for t in c.test], **offset, **c.extra}
+                "test": [test(t) for t in c.test], **offset, **symmetry, **c.extra}
 
     return {"format": FORMAT, "version": VERSION, "name": m.name, "units": m.units,
             "up_axis": m.up_axis, **m.extra,

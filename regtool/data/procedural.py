@@ -206,6 +206,13 @@ CATEGORY_SPECS: dict[str, CategorySpec] = {
 }
 
 
+# Rotational symmetry axes of the generator frames (direction; the axis runs through the
+# generator's origin): the bottle and the spray can are solids of revolution about z (the
+# spray's small nozzle aside).
+SYMMETRY_AXES: dict[str, tuple[float, float, float]] = {"bottle": (0.0, 0.0, 1.0),
+                                                        "spray": (0.0, 0.0, 1.0)}
+
+
 def canonical_params(category: str) -> dict[str, float]:
     """Return the middle of every parameter range of `category`."""
     return {k: 0.5 * (lo + hi) for k, (lo, hi) in spec_of(category).ranges.items()}

@@ -34,14 +34,41 @@ def distance_stats(points: np.ndarray, vertices: np.ndarray) -> dict[str, float]
             "max": float(d.max())}
 
 
-def pose_error(estimate, truth) -> dict[str, float]:
-    """Return {"rotation_deg", "translation"}: the angle (degrees) of the relative rotation
-    R_est R_true^T and the distance between the translations (the poses' units, metres for
-    `geometry.camera.Pose`) of two object -> camera poses (objects with `rotation` (3, 3) and
-    `translation` (3,)). For an object with a symmetry axis the rotation about it is counted
-    too, although no image can show it."""
+def pose_error(estimate, truth, symmetry=None) -> dict[str, float]:
+    """Return {"rotation_deg", "translation", "rotation_full_deg"}: the angle (degrees) of the
+    relative rotation R_est R_true^T and the distance between the translations (the poses'
+    units, metres for `geometry.camera.Pose`) of two object -> camera poses (objects with
+    `rotation` (3, 3) and `translation` (3,)).
+
+    symmetry: None, or an object with `axis` (3,) and `point` (3,) (object frame, the poses'
+    units; e.g. `data.manifest.Symmetry`) of a rotationally symmetric category. No image shows
+    a rotation about that axis, so then "rotation_deg" is the tilt of the axis (the angle
+    between R_est a and R_true a) and "translation" is measured against the truth turned about
+    the axis to the equivalent closest to the estimate. "rotation_full_deg" is always the full
+    angle."""
     r_est, r_true = np.asarray(estimate.rotation, float), np.asarray(truth.rotation, float)
-    cos = (np.trace(r_est @ r_true.T) - 1.0) / 2.0
-    return {"rotation_deg": float(np.degrees(np.arccos(np.clip(cos, -1.0, 1.0)))),
-            "translation": float(np.linalg.norm(np.asarray(estimate.translation, float)
-                                                - np.asarray(truth.translation, float)))}
+    t_est, t_true = (np.asarray(estimate.translation, float),
+                     np.asarray(truth.translation, float))
+    full = _angle_deg(r_est @ r_true.T)
+    if symmetry is None:
+        return {"rotation_deg": full, "translation": float(np.linalg.norm(t_est - t_true)),
+                "rotation_full_deg": full}
+    from regtool.correspondence.field import symmetric_truth
+
+    axis = np.asarray(symmetry.axis, float)
+    axis = axis / np.linalg.norm(axis)
+    point = np.asarray(symmetry.point, float)
+    a_est, a_true = r_est @ axis, r_true @ axis
+    tilt = float(np.degrees(np.arctan2(np.linalg.norm(np.cross(a_est, a_true)),
+                                       a_est @ a_true)))
+    # The equivalent truth: x -> R_true (Rot(a, theta) (x - c) + c) + t_true.
+    r_equiv = symmetric_truth(r_true, r_est, axis)
+    t_equiv = t_true + r_true @ point - r_equiv @ point
+    return {"rotation_deg": tilt, "translation": float(np.linalg.norm(t_est - t_equiv)),
+            "rotation_full_deg": full}
+
+
+def _angle_deg(rotation: np.ndarray) -> float:
+    """Return the rotation angle (degrees) of a rotation matrix (3, 3)."""
+    cos = (np.trace(rotation) - 1.0) / 2.0
+    return float(np.degrees(np.arccos(np.clip(cos, -1.0, 1.0))))

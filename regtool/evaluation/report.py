@@ -66,6 +66,12 @@ COLUMNS: tuple[Column, ...] = (
     Column("rgb_noisy", "regtool", "pose noise", "RGB"),
 )
 
+# The learned backward's columns (`evaluate --correspondence`), added after COLUMNS.
+LEARNED_COLUMNS: tuple[Column, ...] = (
+    Column("rgb_known_learned", "regtool learned backward", "known pose", "RGB"),
+    Column("rgb_noisy_learned", "regtool learned backward", "pose noise", "RGB"),
+)
+
 # Ratios of mean errors shown under the table: (numerator, denominator).
 RATIOS: tuple[tuple[str, str], ...] = (
     ("rgb_known", "canonical"),
@@ -73,6 +79,15 @@ RATIOS: tuple[tuple[str, str], ...] = (
     ("rgb_noisy", "rgb_known"),
     ("latent_3d_noisy", "latent_3d_known"),
 )
+# Added with the learned backward's columns.
+LEARNED_RATIOS: tuple[tuple[str, str], ...] = (
+    ("rgb_known_learned", "rgb_known"),
+    ("rgb_noisy_learned", "rgb_known"),
+    ("rgb_noisy_learned", "rgb_noisy"),
+)
+
+# The pose-noise methods whose pose recovery the report tabulates, with their titles.
+POSE_METHODS = {"rgb_noisy": "regtool", "rgb_noisy_learned": "regtool learned backward"}
 
 # Ratios of the multi-view and refinement columns, shown when the report has them.
 EXTRA_RATIOS: tuple[tuple[str, str], ...] = (
@@ -87,12 +102,13 @@ EXTRA_RATIOS: tuple[tuple[str, str], ...] = (
 )
 
 
-def evaluation_columns(views: int = 1, refine: bool = False,
-                       noise: bool = True) -> tuple[Column, ...]:
+def evaluation_columns(views: int = 1, refine: bool = False, noise: bool = True,
+                       learned: bool = False) -> tuple[Column, ...]:
     """Return the report's columns: `COLUMNS` (without the pose-noise ones when `noise` is
     False), with a refinement the latent-only stage of each RGB column before it ("regtool,
-    latent only"; the final column is then "regtool, latent + residual"), and with `views` > 1
-    the same RGB columns for the joint registration of the views."""
+    latent only"; the final column is then "regtool, latent + residual"), with `views` > 1
+    the same RGB columns for the joint registration of the views, and with `learned` the
+    learned backward's columns (`LEARNED_COLUMNS`) at the end."""
     out: list[Column] = []
     for col in COLUMNS:
         if not noise and col.setting == "pose noise":
@@ -110,6 +126,8 @@ def evaluation_columns(views: int = 1, refine: bool = False,
                                   col.input))
             else:
                 out.append(Column(key, f"regtool{suffix}", col.setting, col.input))
+    if learned:
+        out += [c for c in LEARNED_COLUMNS if noise or c.setting != "pose noise"]
     return tuple(out)
 
 METRES_PER_UNIT = REPORT_UNITS_TO_METRES
@@ -277,11 +295,13 @@ def markdown_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[Column],
     return "\n".join(lines) + "\n"
 
 
-def _pose_markdown(recovery: Mapping[str, Mapping[str, float]]) -> list[str]:
+def _pose_markdown(recovery: Mapping[str, Mapping[str, float]],
+                   method: str = "regtool") -> list[str]:
     if not recovery:
         return []
-    lines = ["\nPose recovery under pose noise (RGB, joint mode; mean over the draws): error "
-             "of the start and of the final pose against the true pose.\n",
+    lines = [f"\nPose recovery under pose noise ({method}, RGB, joint mode; mean over the "
+             "draws): error of the start and of the final pose against the true pose "
+             "(symmetric categories: the tilt of the symmetry axis).\n",
              "| Group | Draws | Rotation start (deg) | Rotation final (deg) "
              "| Translation start (mm) | Translation final (mm) |",
              "| --- | ---: | ---: | ---: | ---: | ---: |"]
@@ -312,7 +332,9 @@ def _markdown(rows, columns, summary, ratio_table, unit, scale, decimals, title)
             cells = ["n/a" if per_group[g] is None else f"{per_group[g]:.2f}" for g in groups]
             parts.append(f"| {key} | " + " | ".join(cells) + " |")
         parts.append("")
-    parts.extend(_pose_markdown(pose_recovery(rows)))
+    for method, name in POSE_METHODS.items():
+        if method in keys:
+            parts.extend(_pose_markdown(pose_recovery(rows, method), name))
     return "\n".join(parts)
 
 
@@ -409,7 +431,8 @@ def write_report(out_dir: Path, rows: Sequence[Mapping[str, Any]], *,
     decimals = DECIMALS.get(unit, 4)
     summary = summarise(rows, columns)
     keys = {c.key for c in columns}
-    ratio_table = ratios(rows, RATIOS + tuple(p for p in EXTRA_RATIOS if set(p) <= keys))
+    ratio_table = ratios(rows, RATIOS + tuple(p for p in EXTRA_RATIOS + LEARNED_RATIOS
+                                              if set(p) <= keys))
     md = _markdown(rows, columns, summary, ratio_table, unit, scale, decimals, title)
     table_csv = _csv(rows, columns, summary, unit, scale)
     chart = bar_chart_png(summary, columns, unit, scale, title)
@@ -426,6 +449,8 @@ def write_report(out_dir: Path, rows: Sequence[Mapping[str, Any]], *,
         "summary": summary,
         "ratios": ratio_table,
         "pose_recovery": pose_recovery(rows),
+        **({"pose_recovery_learned": pose_recovery(rows, "rgb_noisy_learned")}
+           if any(c.key == "rgb_noisy_learned" for c in columns) else {}),
         "environment": dict(environment or {}),
         "config": config,
         "timings": dict(timings or {}),

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -47,6 +47,7 @@ class InstanceJob:
     threads: int
     background: tuple[str, np.ndarray] | None = None  # (name, (H, W, 3) uint8 photo)
     occlusion: float = 0.0  # fraction of the object's pixels an occluder covers
+    correspondence_path: str | None = None  # adds the learned backward's columns
 
 
 def observation_camera(config: Config, image_size: tuple[int, int] | None = None
@@ -227,6 +228,21 @@ def _stats(points: np.ndarray, vertices: np.ndarray) -> dict:
     return distance_stats(points, vertices)
 
 
+def category_symmetry(dataset_root: Path, category: str, scale: float):
+    """Return the category's `data.manifest.Symmetry` from the dataset's manifest with its
+    point in metres (`scale`: dataset units -> metres), or None: pose errors of a symmetric
+    category count the axis tilt only (`metrics.pose_error`)."""
+    from dataclasses import replace
+
+    from regtool.data.manifest import read_manifest
+
+    symmetry = read_manifest(dataset_root).category(category).symmetry
+    if symmetry is None:
+        return None
+    x, y, z = (float(v) * scale for v in symmetry.point)
+    return replace(symmetry, point=(x, y, z))
+
+
 def evaluate_instance(job: InstanceJob) -> dict:
     """Return the report row of one test instance (method -> distance stats, dataset units),
     with per-method timings."""
@@ -246,6 +262,7 @@ def evaluate_instance(job: InstanceJob) -> dict:
     test = data.test[job.instance_index]
     space, unet, unet_meta = load_models(Path(job.shapespace_path), Path(job.unet_path), device)
     scale = UNITS_TO_METRES[data.units]  # dataset units -> metres
+    symmetry = category_symmetry(Path(job.dataset_root), job.category, scale)
     rng = instance_rng(job.seed, job.category, job.instance_index)
     points = test.eval_points
     timings: dict[str, float] = {}
@@ -292,16 +309,29 @@ def evaluate_instance(job: InstanceJob) -> dict:
         images += [render_observation(vrng, test.mesh, scale, camera, p)
                    for p in true_poses[1:]]
 
-    def rgb_register(starts: list[Pose], joint: bool) -> tuple[dict, dict | None]:
+    corr_net = None
+    if job.correspondence_path is not None:
+        from regtool.registration.pipeline import load_correspondence_for
+
+        corr_net = load_correspondence_for(space, Path(job.correspondence_path), device)
+
+    def rgb_register(starts: list[Pose], joint: bool,
+                     learned: bool = False) -> tuple[dict, dict | None]:
         """Return the stats of the registration of the first len(starts) views from `starts`
-        (one pose per view) and, with a refinement, those of its latent-only result (else
-        None)."""
+        (one pose per view; `learned`: with the learned backward) and, with a refinement,
+        those of its latent-only result (else None)."""
         from regtool.registration.refine import RefinedResult
 
         obs = [make_observation(im, camera, p, feature_loss, cfg.register.mask_dilation)
                for im, p in zip(images[:len(starts)], starts)]
-        result = run_registration(space, unet, obs, cfg, device, joint=joint)
+        run_cfg = replace(cfg, register=replace(cfg.register, backward="learned")) \
+            if learned else cfg
+        result = run_registration(space, unet, obs, run_cfg, device, joint=joint,
+                                  correspondence=corr_net)
         stats = _stats(points, result.vertices)
+        if learned:
+            stats.update(field_seconds=result.timings.get("field", 0.0),
+                         field_px=result.descents[0].get("field_px", []))
         stats.update(iterations=len(result.history), seconds=result.timings["total"],
                      stop_reason=result.stop_reason, initial_loss=result.initial_loss,
                      best_loss=result.best_loss, views=len(obs))
@@ -312,12 +342,13 @@ def evaluate_instance(job: InstanceJob) -> dict:
                          residual_max=result.refinement["residual_max"],
                          refine_seconds=result.refinement["seconds"])
         if joint:  # how far the start and the final pose are from the true one (metres)
-            start_error, final_error = pose_error(starts[0], pose_metres), pose_error(
-                result.poses[0], pose_metres)
+            start_error, final_error = pose_error(starts[0], pose_metres, symmetry), \
+                pose_error(result.poses[0], pose_metres, symmetry)
             pose_stats = dict(start_rotation_deg=start_error["rotation_deg"],
                               start_translation_m=start_error["translation"],
                               rotation_deg=final_error["rotation_deg"],
-                              translation_m=final_error["translation"])
+                              translation_m=final_error["translation"],
+                              rotation_full_deg=final_error["rotation_full_deg"])
             stats.update(pose_stats)
             if latent is not None:
                 latent.update(pose_stats)
@@ -335,6 +366,10 @@ def evaluate_instance(job: InstanceJob) -> dict:
         t0 = time.perf_counter()
         record("rgb_known_views", rgb_register(true_poses, joint=False))
         timings["rgb_known_views"] = time.perf_counter() - t0
+    if corr_net is not None:  # the learned backward from the true pose (the field may move it)
+        t0 = time.perf_counter()
+        row["rgb_known_learned"] = rgb_register([pose_metres], joint=True, learned=True)[0]
+        timings["rgb_known_learned"] = time.perf_counter() - t0
 
     from regtool.evaluation.report import mean_over_draws
 
@@ -346,6 +381,9 @@ def evaluate_instance(job: InstanceJob) -> dict:
         draws = {"rgb_noisy": rgb_register([perturb(pose_metres, noise)], joint=True)}
         if n_views > 1:  # one shared object pose error of the calibrated rig
             draws["rgb_noisy_views"] = rgb_register(perturb_rig(true_poses, noise), joint=True)
+        if corr_net is not None:  # the same draw (no extra random numbers drawn)
+            draws["rgb_noisy_learned"] = rgb_register([perturb(pose_metres, noise)],
+                                                      joint=True, learned=True)
         for key, (final, latent) in draws.items():
             noisy.setdefault(key, []).append(final)
             if latent is not None:
@@ -368,14 +406,16 @@ def evaluate_instance(job: InstanceJob) -> dict:
 def evaluate(dataset_root: Path, categories: list[str], shapespaces: dict[str, Path],
              unets: dict[str, Path], config: Config, seed: int, device: str,
              progress=None, executor: str = "local", address: str | None = None,
-             backgrounds: list[tuple[str, np.ndarray]] | None = None) -> list[dict]:
+             backgrounds: list[tuple[str, np.ndarray]] | None = None,
+             correspondences: dict[str, Path] | None = None) -> list[dict]:
     """Return the report rows of every test instance of `categories`, evaluated on `executor`
     ("local": in this process, or in parallel processes when `config.evaluate.workers` (0: one
     per core) allows; "ray": on that many Ray actors, `address` as `batch.executor.RayExecutor`)
     with the same numbers for the same worker count. With `backgrounds` ((name, (H, W, 3) uint8)
     photos; `evaluation_backgrounds`) every instance is observed once over a crop of each (rows
     named "<instance> @ <photo>"); `config.evaluate.occlusion` covers that fraction of the
-    object's pixels with an occluder."""
+    object's pixels with an occluder. `correspondences` (category -> network) adds the learned
+    backward's columns."""
     from regtool.batch.executor import opened, run_all
     from regtool.data.manifest import read_manifest
 
@@ -385,9 +425,11 @@ def evaluate(dataset_root: Path, categories: list[str], shapespaces: dict[str, P
     scenes: list[tuple[str, np.ndarray] | None] = list(backgrounds) if backgrounds else [None]
     for c in categories:
         for i, _ in enumerate(manifest.category(c).test):
+            corr = None if correspondences is None else str(correspondences[c])
             for bg in scenes:
                 jobs.append(InstanceJob(str(dataset_root), c, i, str(shapespaces[c]),
-                                        str(unets[c]), config, seed, device, 0, bg, occlusion))
+                                        str(unets[c]), config, seed, device, 0, bg, occlusion,
+                                        corr))
     workers = config.evaluate.workers or (os.cpu_count() or 1)
     workers = max(1, min(workers, len(jobs)))
     if device.startswith("cuda"):

@@ -134,14 +134,16 @@ def content_sha256(blob: dict[str, Any]) -> str:
 
 
 def checkpoint_bytes(model: UNet, meta: dict[str, Any], optimizer: dict | None = None,
-                     scheduler: dict | None = None, step: int = 0) -> bytes:
-    """Return the checkpoint file's bytes (torch zip format).
+                     scheduler: dict | None = None, step: int = 0,
+                     fmt: str = CHECKPOINT_FORMAT) -> bytes:
+    """Return the checkpoint file's bytes (torch zip format); `fmt` names the kind of network
+    (any module with `arch()`, e.g. the correspondence network's format).
 
     Content (all loadable with `weights_only=True`): format/version strings, `meta_json` (the
     JSON of `meta` plus the architecture, `step` and `content_sha256`), `model` state dict,
     `optimizer` and `scheduler` state dicts (or None) and the training `step`.
     """
-    blob = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION,
+    blob = {"format": fmt, "version": CHECKPOINT_VERSION,
             "model": model.state_dict(), "optimizer": optimizer, "scheduler": scheduler,
             "step": step}
     meta = {**meta, "arch": model.arch(), "step": step, "content_sha256": content_sha256(blob)}
@@ -161,7 +163,7 @@ def save_checkpoint(path: Path, model: UNet, meta: dict[str, Any],
                                                            step))
 
 
-def _check_zip(path: Path) -> None:
+def _check_zip(path: Path, what: str = "U-Net") -> None:
     """ArtifactError unless `path` is a zip archive whose members all match their CRC-32
     (torch.load itself does not check them)."""
     try:
@@ -169,41 +171,43 @@ def _check_zip(path: Path) -> None:
             bad = archive.testzip()
     except (zipfile.BadZipFile, OSError, EOFError, ValueError) as exc:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
-        raise ArtifactError(f"{path} is not a readable U-Net checkpoint ({first})") from exc
+        raise ArtifactError(f"{path} is not a readable {what} checkpoint ({first})") from exc
     if bad is not None:
         raise ArtifactError(f"{path} is corrupted: member {bad} fails its CRC-32 check")
 
 
-def read_checkpoint(path: Path) -> dict[str, Any]:
+def read_checkpoint(path: Path, fmt: str = CHECKPOINT_FORMAT, what: str = "U-Net",
+                    arch_keys: tuple[str, ...] = ("n_classes", *ARCH_KEYS)) -> dict[str, Any]:
     """Return the raw checkpoint dict (tensors on CPU) with `meta` parsed from its JSON;
     ArtifactError (one line) if it is missing, not a torch file, damaged (zip CRC or content
-    hash), unsafe to load or not a regtool U-Net checkpoint."""
+    hash), unsafe to load or not a regtool checkpoint of format `fmt` (`what` names it in the
+    messages; `arch_keys`: the integers its architecture must state)."""
     path = Path(path)
     if not path.is_file():
-        raise ArtifactError(f"U-Net checkpoint not found: {path}")
-    _check_zip(path)
+        raise ArtifactError(f"{what} checkpoint not found: {path}")
+    _check_zip(path, what)
     try:
         with warnings.catch_warnings():  # a foreign file may warn before failing
             warnings.simplefilter("ignore")
             blob = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types (pickle, zip, unsafe global...)
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
-        raise ArtifactError(f"{path} is not a readable U-Net checkpoint ({first})") from exc
-    if not isinstance(blob, dict) or blob.get("format") != CHECKPOINT_FORMAT:
-        raise ArtifactError(f"{path} is not a regtool U-Net checkpoint "
-                            f"(format != '{CHECKPOINT_FORMAT}')")
+        raise ArtifactError(f"{path} is not a readable {what} checkpoint ({first})") from exc
+    if not isinstance(blob, dict) or blob.get("format") != fmt:
+        raise ArtifactError(f"{path} is not a regtool {what} checkpoint "
+                            f"(format != '{fmt}')")
     if blob.get("version") not in READ_VERSIONS:
-        raise ArtifactError(f"{path}: unsupported U-Net checkpoint version "
+        raise ArtifactError(f"{path}: unsupported {what} checkpoint version "
                             f"{blob.get('version')!r}")
     try:
         meta = json.loads(blob["meta_json"])
         arch = meta["arch"]
-        _ = [int(arch[k]) for k in ("n_classes", *ARCH_KEYS)]
+        _ = [int(arch[k]) for k in arch_keys]
     except (KeyError, TypeError, ValueError, json.JSONDecodeError) as exc:
-        raise ArtifactError(f"{path}: U-Net checkpoint metadata is missing or malformed") \
+        raise ArtifactError(f"{path}: {what} checkpoint metadata is missing or malformed") \
             from exc
     if not isinstance(blob.get("model"), dict):
-        raise ArtifactError(f"{path}: U-Net checkpoint holds no model weights")
+        raise ArtifactError(f"{path}: {what} checkpoint holds no model weights")
     if blob["version"] >= 2 and meta.get("content_sha256") != content_sha256(blob):
         raise ArtifactError(f"{path} is corrupted: its tensors do not match the content hash "
                             f"stored in its metadata")

@@ -149,10 +149,12 @@ def _unit_quaternion(rng: np.random.Generator) -> np.ndarray:
     return q / np.linalg.norm(q)
 
 
-def render_view(mesh: ViewMesh, sampler: ViewSampler, rng: np.random.Generator
-                ) -> tuple[np.ndarray, np.ndarray]:
+def render_view(mesh: ViewMesh, sampler: ViewSampler, rng: np.random.Generator,
+                pose=None) -> tuple[np.ndarray, np.ndarray]:
     """Return `(rgb, label)` of one random view: rgb (H, W, 3) uint8, label (H, W) uint8
-    (0 background, `mesh.label` where the object covers the pixel centre)."""
+    (0 background, `mesh.label` where the object covers the pixel centre). `pose`: the object
+    -> camera `Pose` to render at (None: drawn by `sample_pose`); lights, material and
+    background are drawn either way."""
     from regtool.geometry.camera import CameraIntrinsics
     from regtool.render.shading import (
         random_background,
@@ -162,7 +164,7 @@ def render_view(mesh: ViewMesh, sampler: ViewSampler, rng: np.random.Generator
     )
 
     camera = CameraIntrinsics.from_fov(sampler.width, sampler.height, sampler.fov_y_deg)
-    pose = sample_pose(rng, sampler)
+    pose = sample_pose(rng, sampler) if pose is None else pose
     material = random_material(rng)
     lighting = random_lighting(rng)
     cluttered = sampler.clutter > 0 and rng.uniform() < sampler.clutter

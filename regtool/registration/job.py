@@ -66,7 +66,8 @@ def register_job(out: Path, shapespace: Path, unet: Path, inputs: JobInputs, cfg
                  start_code: np.ndarray | None = None,
                  start_poses: Sequence[Pose] | None = None,
                  callback: Callable[[IterationRecord], None] | None = None,
-                 warn: Callable[[str], None] | None = None) -> JobOutput:
+                 warn: Callable[[str], None] | None = None,
+                 correspondence: Path | None = None) -> JobOutput:
     """Register the shape space to the job's observations and write `out` (deformed.ply,
     deformed.obj, result.json, overlay.png, optimisation.gif; `write_registration`).
 
@@ -75,7 +76,9 @@ def register_job(out: Path, shapespace: Path, unet: Path, inputs: JobInputs, cfg
     trained at (`pipeline.at_network_scale`), whatever its size.
     `start_code` (k,): latent code to start from (one descent, `optimise.register`);
     `start_poses`: initial object -> camera poses (one per image, shape-space units) replacing
-    the pose files. RegistrationError / ArtifactError / RenderError / OutputError for bad input,
+    the pose files. `correspondence`: the network of the learned backward
+    (config.register.backward = "learned"). RegistrationError / ArtifactError / RenderError /
+    OutputError for bad input,
     raised before anything is written; `out` then holds no new file.
     """
     from regtool.config import config_to_dict
@@ -118,6 +121,11 @@ def register_job(out: Path, shapespace: Path, unet: Path, inputs: JobInputs, cfg
     images = [read_image(p, (c.width, c.height), inputs.resize) for p, c in zip(image, cameras)]
     named = None
     space, net, meta = models if models is not None else load_models(shapespace, unet, device)
+    corr_net = None
+    if correspondence is not None:
+        from regtool.registration.pipeline import load_correspondence_for
+
+        corr_net = load_correspondence_for(space, correspondence, device)
     # Any image size: each view at the scale the U-Net was trained at (the camera follows).
     net_views = [at_network_scale(im, c, p, space, meta, cfg, m)
                  for im, c, p, m in zip(images, cameras, poses, masks)]
@@ -143,11 +151,13 @@ def register_job(out: Path, shapespace: Path, unet: Path, inputs: JobInputs, cfg
                                      nv.mask) for nv, p in zip(net_views, poses)]
     with torch_threads(cfg.register.threads):
         result = run_registration(space, net, observations, cfg, device, callback=callback,
-                                  start_code=start_code)
+                                  start_code=start_code, correspondence=corr_net)
     extra = {"category": space.category, "units": space.units,
              "stop_reason": result.stop_reason, "initial_loss": result.initial_loss,
              "descents": result.descents,
              "shapespace": str(shapespace), "unet": str(unet),
+             "backward": cfg.register.backward,
+             "correspondence": None if correspondence is None else str(correspondence),
              "network_views": [nv.record() for nv in net_views],
              "history": [{"iteration": h.iteration, "loss": h.loss, "lr": h.lr,
                           "pose_step": h.pose_step, "seconds": h.seconds}

@@ -108,9 +108,12 @@ class RegistrationResult:
 
     @property
     def kept_descent(self) -> int:
-        """Return the index of the descent this result comes from (0 or 1)."""
-        kept = [i for i, d in enumerate(self.descents) if d.get("kept")]
-        return kept[0] if kept else 0
+        """Return the index (0 or 1, as in the callbacks' events) of the descent this result
+        comes from; other stages' summaries in `descents` (the learned backward's field stage)
+        carry no index."""
+        indexed = [d for d in self.descents if "descent" in d]
+        kept = [d["descent"] for d in indexed if d.get("kept")]
+        return kept[0] if kept else (indexed[0]["descent"] if indexed else 0)
 
 
 def pose_increment_matrix(delta: torch.Tensor, radius: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -433,7 +436,7 @@ def _descend(problem: Problem, config: RegisterConfig, device: torch.device,
             pose.step(axis_mask)
         timings["optimiser"] += time.perf_counter() - t0
         record.seconds = time.perf_counter() - t_it
-    summary = {"start": start, "losses": [h.loss for h in history],
+    summary = {"start": start, "descent": descent, "losses": [h.loss for h in history],
                "best_iteration": int(best.iteration), "best_loss": float(best.loss),
                "pose_warmup": warmup, "stop_reason": stop_reason}
     return _descent_result(problem, best, history, initial_loss, stop_reason, summary, timings,

@@ -91,16 +91,33 @@ def at_network_scale(image: np.ndarray, camera: CameraIntrinsics, pose: Pose, sp
     return network_view(image, camera, pose, vertices, scale, mask)
 
 
+def load_correspondence_for(space, path: Path, device: torch.device):
+    """Return the correspondence network at `path` (eval mode) after checking it was trained
+    on the shape space's category; ArtifactError / RegistrationError otherwise."""
+    from regtool.correspondence.network import load_correspondence
+
+    model, meta = load_correspondence(path, device)
+    if meta.get("category") != space.category:
+        raise RegistrationError(
+            f"the shape space is for category '{space.category}' but the correspondence network "
+            f"{path} was trained on '{meta.get('category')}'")
+    return model
+
+
 def run_registration(space, unet, observations: list[Observation], config: Config,
                      device: torch.device, joint: bool | None = None,
                      callback: Callable[[IterationRecord], None] | None = None,
                      callbacks: Sequence[Callback] = (),
-                     start_code: np.ndarray | None = None) -> RegistrationResult:
+                     start_code: np.ndarray | None = None,
+                     correspondence=None) -> RegistrationResult:
     """Register the shape space to the observations; `joint` overrides config.register.joint,
     `start_code` (k,) is the latent code to start from (`optimise.register`; None: config).
     `callback` gets every loss evaluation's record (a progress bar), `callbacks` the whole
     `IterationEvent`; with config.register.gif the result carries the kept descent's GIF frames.
 
+    With `config.register.backward == "learned"` in joint mode, `correspondence` (a network
+    from `load_correspondence_for`) predicts the fields that drive the pose
+    (`learned.register_learned`); RegistrationError if it is missing.
     RegistrationError before any optimisation if an initial pose does not show the canonical
     (`inputs.check_pose_in_view`); RenderError if a view is larger, supersampled, than the
     OpenGL context renders."""
@@ -135,15 +152,30 @@ def run_registration(space, unet, observations: list[Observation], config: Confi
         hooks.append(lambda event: callback(event.record))
     if gif is not None:
         hooks.append(gif)
-    result = register(space, observations, loss_fn, render_fn, reg, device, callbacks=hooks,
-                      start_code=start_code)
+    if reg.backward == "learned" and reg.joint:
+        from regtool.correspondence.network import network_estimator
+        from regtool.registration.learned import register_learned
+        from regtool.registration.optimise import _scales
+
+        if correspondence is None:
+            raise RegistrationError("register.backward = 'learned' needs a correspondence "
+                                    "network (--correspondence, from train-correspondence)")
+        radius = _scales(space, device)[2]
+        estimator = network_estimator(correspondence, [o.image for o in observations],
+                                      [o.mask for o in observations], radius, device)
+        result = register_learned(space, observations, loss_fn, render_fn, reg, device,
+                                  estimator, callbacks=hooks)
+    else:
+        result = register(space, observations, loss_fn, render_fn, reg, device,
+                          callbacks=hooks, start_code=start_code)
     if gif is not None:
         result.frames = gif.frames(result.kept_descent)
     return result
 
 
 _STOP_REASONS = {"iterations": "at the iteration limit", "plateau": "on a plateau",
-                 "diverged": "diverged"}
+                 "diverged": "diverged", "field below stop_px": "with the field below "
+                 "register.field_stop_px", "no valid field": "without a valid field"}
 
 
 def summary_line(result: RegistrationResult) -> str:

@@ -78,3 +78,45 @@ def test_deepcpd_template_accepts_arranged_data(repo_root, dataset_dir, tmp_path
             (tmp_path / dst.path).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy(dataset_dir / from_.path, tmp_path / dst.path)
     verify_dataset(tmp_path, repo_root / "data_manifests" / "deepcpd.json")
+
+
+def test_procedural_symmetric_categories_declare_their_axis(dataset_dir):
+    """make-dataset writes the bottle's and the spray's symmetry axis (z, through the
+    generator's origin moved by the category offset); camera and drill have none."""
+    manifest = read_manifest(dataset_dir)
+    params = json.loads((dataset_dir / "spray" / "params.json").read_text())
+    for name in ("bottle", "spray"):
+        sym = manifest.category(name).symmetry
+        assert sym is not None and sym.axis == (0.0, 0.0, 1.0)
+    assert manifest.category("spray").symmetry.point == pytest.approx(params["offset"])
+    assert manifest.category("camera").symmetry is None
+    assert manifest.category("drill").symmetry is None
+    raw = json.loads((dataset_dir / "manifest.json").read_text())
+    assert "symmetry" in raw["categories"]["bottle"]
+    assert "symmetry" not in raw["categories"]["drill"]
+
+
+@pytest.mark.parametrize("value, message", [
+    ({"axis": [0, 0, 0]}, "axis must be a non-zero"),
+    ({"axis": [0, 1]}, "axis must be a list of 3"),
+    ({"axis": [0, 0, 1], "point": "x"}, "point must be a list of 3"),
+    ({"axis": [0, 0, 1], "spin": 1}, "must be an object with 'axis'"),
+])
+def test_malformed_symmetry_is_named(small_copy, value, message):
+    path = small_copy / "manifest.json"
+    data = json.loads(path.read_text())
+    data["categories"]["bottle"]["symmetry"] = value
+    with pytest.raises(DatasetError, match=message):
+        parse_manifest(data)
+
+
+def test_user_symmetry_is_normalised_and_round_trips(small_copy):
+    from regtool.data.manifest import manifest_to_dict
+
+    data = json.loads((small_copy / "manifest.json").read_text())
+    data["categories"]["bottle"]["symmetry"] = {"axis": [0, 2, 0]}
+    manifest = parse_manifest(data)
+    sym = manifest.category("bottle").symmetry
+    assert sym.axis == (0.0, 1.0, 0.0) and sym.point == (0.0, 0.0, 0.0)
+    again = parse_manifest(manifest_to_dict(manifest))
+    assert again.category("bottle").symmetry == sym
