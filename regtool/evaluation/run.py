@@ -22,6 +22,7 @@ import os
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -243,15 +244,35 @@ def category_symmetry(dataset_root: Path, category: str, scale: float):
     return replace(symmetry, point=(x, y, z))
 
 
+@dataclass(frozen=True)
+class _Scene:
+    """What every RGB registration of one test instance shares: the shape space, U-Net and
+    (optional) correspondence network, the evaluation points, the camera, the observed images
+    (the first view, then the rig's), the true pose of the first view (metres), the category's
+    symmetry, the segmentation loss and the config."""
+
+    space: Any
+    unet: Any
+    correspondence: Any
+    points: np.ndarray
+    camera: CameraIntrinsics
+    images: list[np.ndarray]
+    true_pose: Pose
+    symmetry: Any
+    feature_loss: Any
+    config: Config
+    device: torch.device
+
+
 def evaluate_instance(job: InstanceJob) -> dict:
     """Return the report row of one test instance (method -> distance stats, dataset units),
-    with per-method timings."""
+    with per-method timings: the 3D references (`_references_3d`), the observation(s)
+    (`_observe`), then the RGB registrations (`_rgb_stats`) with the known pose, from
+    `noise_draws` pose-noise draws, with N views and with the learned backward as configured."""
     from regtool.data.dataset import load_category
-    from regtool.evaluation.metrics import pose_error
+    from regtool.evaluation.report import mean_over_draws
     from regtool.features.compare import FeatureLoss
-    from regtool.geometry.sampling import sample_surface
-    from regtool.registration.pipeline import load_models, make_observation, run_registration
-    from regtool.shapespace.cpd import nonrigid_cpd
+    from regtool.registration.pipeline import load_correspondence_for, load_models
     from regtool.shapespace.fit import fit_points
 
     if job.threads > 0:
@@ -262,32 +283,104 @@ def evaluate_instance(job: InstanceJob) -> dict:
     test = data.test[job.instance_index]
     space, unet, unet_meta = load_models(Path(job.shapespace_path), Path(job.unet_path), device)
     scale = UNITS_TO_METRES[data.units]  # dataset units -> metres
-    symmetry = category_symmetry(Path(job.dataset_root), job.category, scale)
     rng = instance_rng(job.seed, job.category, job.instance_index)
-    points = test.eval_points
     timings: dict[str, float] = {}
     row: dict = {"category": job.category, "instance": test.name}
 
-    # References in 3D.
     t0 = time.perf_counter()
-    row["canonical"] = _stats(points, space.canonical_vertices)
-    ss = cfg.shapespace
+    row.update(_references_3d(space, test, cfg, rng))
+    timings["references_3d"] = time.perf_counter() - t0
+
+    camera = observation_camera(cfg, unet_meta.get("image_size"))
+    true_poses, images = _observe(job, test, scale, camera, rng, row)
+    scene = _Scene(space, unet,
+                   None if job.correspondence_path is None else
+                   load_correspondence_for(space, Path(job.correspondence_path), device),
+                   test.eval_points, camera, images, true_poses[0],
+                   category_symmetry(Path(job.dataset_root), job.category, scale),
+                   FeatureLoss(unet, cfg.register.loss), cfg, device)
+
+    def record(key: str, value: tuple[dict, dict | None]) -> None:
+        row[key] = value[0]
+        if value[1] is not None:
+            row[f"{key}_latent"] = value[1]
+
+    t0 = time.perf_counter()
+    record("rgb_known", _rgb_stats(scene, true_poses[:1], joint=False))
+    timings["rgb_known"] = time.perf_counter() - t0
+    if len(true_poses) > 1:
+        t0 = time.perf_counter()
+        record("rgb_known_views", _rgb_stats(scene, true_poses, joint=False))
+        timings["rgb_known_views"] = time.perf_counter() - t0
+    if scene.correspondence is not None:  # the learned backward from the true pose
+        t0 = time.perf_counter()
+        row["rgb_known_learned"] = _rgb_stats(scene, true_poses[:1], joint=True,
+                                              learned=True)[0]
+        timings["rgb_known_learned"] = time.perf_counter() - t0
+
+    noisy: dict[str, list] = {}
+    noisy_3d = []
+    t0 = time.perf_counter()
+    for _ in range(cfg.evaluate.noise_draws):
+        noise = pose_noise(rng, cfg.evaluate.pose_noise_xy, cfg.evaluate.pose_noise_deg)
+        start = [perturb(true_poses[0], noise)]
+        draws = {"rgb_noisy": _rgb_stats(scene, start, joint=True)}
+        if len(true_poses) > 1:  # one shared object pose error of the calibrated rig
+            draws["rgb_noisy_views"] = _rgb_stats(scene, perturb_rig(true_poses, noise),
+                                                  joint=True)
+        if scene.correspondence is not None:  # the same draw (no extra random numbers drawn)
+            draws["rgb_noisy_learned"] = _rgb_stats(scene, start, joint=True, learned=True)
+        for key, (final, latent) in draws.items():
+            noisy.setdefault(key, []).append(final)
+            if latent is not None:
+                noisy.setdefault(f"{key}_latent", []).append(latent)
+        # The same noise for the 3D fit: an object-frame perturbation of the initial pose.
+        rot = Pose.identity().compose(noise[:3], noise[3:] / scale)
+        fit_noisy = fit_points(space, test.eval_points, pose=rot, optimise_pose=True,
+                               iterations=cfg.evaluate.fit_iterations)
+        noisy_3d.append(_stats(test.eval_points, space.deform_numpy(fit_noisy.z)))
+    if cfg.evaluate.noise_draws > 0:
+        timings["pose_noise"] = time.perf_counter() - t0
+    for key, draws_list in noisy.items():
+        row[key] = mean_over_draws(draws_list)
+    row["rgb_noisy"] = row.get("rgb_noisy")
+    row["latent_3d_noisy"] = mean_over_draws(noisy_3d) if noisy_3d else None
+    row["timings"] = timings
+    return row
+
+
+def _references_3d(space, test, cfg: Config, rng: np.random.Generator) -> dict:
+    """Return the 3D reference columns of a test instance (distance stats, dataset units):
+    the undeformed canonical, CPD in 3D from the canonical to the instance's surface (seeded
+    samples: the first two draws of `rng`), the latent projection of that CPD field and the
+    latent fit to the true 3D points (known pose)."""
+    from regtool.geometry.sampling import sample_surface
+    from regtool.shapespace.cpd import nonrigid_cpd
+    from regtool.shapespace.fit import fit_points
+
+    points, ss = test.eval_points, cfg.shapespace
     template_seed, target_seed = reference_seeds(rng)
     template = sample_surface(space.canonical_vertices, space.faces, ss.template_points,
                               np.random.default_rng(template_seed))
     target = sample_surface(np.asarray(test.mesh.vertices), np.asarray(test.mesh.faces),
                             ss.target_points, np.random.default_rng(target_seed))
-    cpd = nonrigid_cpd(template, target, **ss.cpd_kwargs())
-    field = cpd.field(space.canonical_vertices).cpu().numpy()
-    row["cpd_3d"] = _stats(points, space.canonical_vertices + field)
-    row["latent_gt"] = _stats(points, space.deform_numpy(space.project(field)))
+    field = nonrigid_cpd(template, target, **ss.cpd_kwargs()).field(
+        space.canonical_vertices).cpu().numpy()
     fit = fit_points(space, points, iterations=cfg.evaluate.fit_iterations)
-    row["latent_3d_known"] = _stats(points, space.deform_numpy(fit.z))
-    timings["references_3d"] = time.perf_counter() - t0
+    return {"canonical": _stats(points, space.canonical_vertices),
+            "cpd_3d": _stats(points, space.canonical_vertices + field),
+            "latent_gt": _stats(points, space.deform_numpy(space.project(field))),
+            "latent_3d_known": _stats(points, space.deform_numpy(fit.z))}
 
-    # The observation: photo-like rendering at a seeded known pose.
-    camera = observation_camera(cfg, unet_meta.get("image_size"))
-    pose_metres, shaded, plain = observe_instance_shaded(
+
+def _observe(job: InstanceJob, test, scale: float, camera: CameraIntrinsics,
+             rng: np.random.Generator, row: dict) -> tuple[list[Pose], list[np.ndarray]]:
+    """Return (true object -> camera poses in metres, observed images (H, W, 3) float32) of a
+    test instance: the seeded photo-like first view (drawn from `rng`), moved onto the job's
+    photo and occluded as the job says (noted in `row`), then `evaluate.views` - 1 more views
+    of the rig from their own generator."""
+    cfg = job.config
+    pose, shaded, plain = observe_instance_shaded(
         rng, test.mesh, scale, camera, cfg.render.distance,
         elevation_deg=cfg.evaluate.elevation_deg)
     observed = shaded.rgb
@@ -300,107 +393,56 @@ def evaluate_instance(job: InstanceJob) -> dict:
                    visible_pixels=int(visible.sum()), object_pixels=int(shaded.mask.sum()))
         if name:
             row["instance"] = f"{test.name} @ {name}"
-    feature_loss = FeatureLoss(unet, cfg.register.loss)
-    n_views = cfg.evaluate.views
-    true_poses, images = [pose_metres], [observed]
-    if n_views > 1:  # the other views of the rig, from their own generator
+    poses, images = [pose], [observed]
+    if cfg.evaluate.views > 1:  # the other views of the rig, from their own generator
         vrng = views_rng(job.seed, job.category, job.instance_index)
-        true_poses = rig_poses(vrng, pose_metres, n_views, cfg.render.distance)
-        images += [render_observation(vrng, test.mesh, scale, camera, p)
-                   for p in true_poses[1:]]
+        poses = rig_poses(vrng, pose, cfg.evaluate.views, cfg.render.distance)
+        images += [render_observation(vrng, test.mesh, scale, camera, p) for p in poses[1:]]
+    return poses, images
 
-    corr_net = None
-    if job.correspondence_path is not None:
-        from regtool.registration.pipeline import load_correspondence_for
 
-        corr_net = load_correspondence_for(space, Path(job.correspondence_path), device)
+def _rgb_stats(scene: _Scene, starts: list[Pose], joint: bool,
+               learned: bool = False) -> tuple[dict, dict | None]:
+    """Return the stats of the RGB registration of the first len(starts) views of `scene`
+    from `starts` (one initial pose per view; `learned`: with the learned backward) and, with
+    a refinement, those of its latent-only result (else None); in joint mode with the start's
+    and the final pose's errors against the truth (symmetry-aware, metres)."""
+    from regtool.evaluation.metrics import pose_error
+    from regtool.registration.pipeline import make_observation, run_registration
+    from regtool.registration.refine import RefinedResult
 
-    def rgb_register(starts: list[Pose], joint: bool,
-                     learned: bool = False) -> tuple[dict, dict | None]:
-        """Return the stats of the registration of the first len(starts) views from `starts`
-        (one pose per view; `learned`: with the learned backward) and, with a refinement,
-        those of its latent-only result (else None)."""
-        from regtool.registration.refine import RefinedResult
-
-        obs = [make_observation(im, camera, p, feature_loss, cfg.register.mask_dilation)
-               for im, p in zip(images[:len(starts)], starts)]
-        run_cfg = replace(cfg, register=replace(cfg.register, backward="learned")) \
-            if learned else cfg
-        result = run_registration(space, unet, obs, run_cfg, device, joint=joint,
-                                  correspondence=corr_net)
-        stats = _stats(points, result.vertices)
-        if learned:
-            stats.update(field_seconds=result.timings.get("field", 0.0),
-                         field_px=result.descents[0].get("field_px", []))
-        stats.update(iterations=len(result.history), seconds=result.timings["total"],
-                     stop_reason=result.stop_reason, initial_loss=result.initial_loss,
-                     best_loss=result.best_loss, views=len(obs))
-        latent = None
-        if isinstance(result, RefinedResult) and result.latent_vertices is not None:
-            latent = _stats(points, result.latent_vertices)
-            stats.update(residual_rms=result.refinement["residual_rms"],
-                         residual_max=result.refinement["residual_max"],
-                         refine_seconds=result.refinement["seconds"])
-        if joint:  # how far the start and the final pose are from the true one (metres)
-            start_error, final_error = pose_error(starts[0], pose_metres, symmetry), \
-                pose_error(result.poses[0], pose_metres, symmetry)
-            pose_stats = dict(start_rotation_deg=start_error["rotation_deg"],
-                              start_translation_m=start_error["translation"],
-                              rotation_deg=final_error["rotation_deg"],
-                              translation_m=final_error["translation"],
-                              rotation_full_deg=final_error["rotation_full_deg"])
-            stats.update(pose_stats)
-            if latent is not None:
-                latent.update(pose_stats)
-        return stats, latent
-
-    def record(key: str, value: tuple[dict, dict | None]) -> None:
-        row[key] = value[0]
-        if value[1] is not None:
-            row[f"{key}_latent"] = value[1]
-
-    t0 = time.perf_counter()
-    record("rgb_known", rgb_register([pose_metres], joint=False))
-    timings["rgb_known"] = time.perf_counter() - t0
-    if n_views > 1:
-        t0 = time.perf_counter()
-        record("rgb_known_views", rgb_register(true_poses, joint=False))
-        timings["rgb_known_views"] = time.perf_counter() - t0
-    if corr_net is not None:  # the learned backward from the true pose (the field may move it)
-        t0 = time.perf_counter()
-        row["rgb_known_learned"] = rgb_register([pose_metres], joint=True, learned=True)[0]
-        timings["rgb_known_learned"] = time.perf_counter() - t0
-
-    from regtool.evaluation.report import mean_over_draws
-
-    noisy: dict[str, list] = {}
-    noisy_3d = []
-    t0 = time.perf_counter()
-    for _ in range(cfg.evaluate.noise_draws):
-        noise = pose_noise(rng, cfg.evaluate.pose_noise_xy, cfg.evaluate.pose_noise_deg)
-        draws = {"rgb_noisy": rgb_register([perturb(pose_metres, noise)], joint=True)}
-        if n_views > 1:  # one shared object pose error of the calibrated rig
-            draws["rgb_noisy_views"] = rgb_register(perturb_rig(true_poses, noise), joint=True)
-        if corr_net is not None:  # the same draw (no extra random numbers drawn)
-            draws["rgb_noisy_learned"] = rgb_register([perturb(pose_metres, noise)],
-                                                      joint=True, learned=True)
-        for key, (final, latent) in draws.items():
-            noisy.setdefault(key, []).append(final)
-            if latent is not None:
-                noisy.setdefault(f"{key}_latent", []).append(latent)
-        # The same noise for the 3D fit: an object-frame perturbation of the initial pose.
-        rot = Pose.identity().compose(noise[:3], noise[3:] / scale)
-        fit_noisy = fit_points(space, points, pose=rot, optimise_pose=True,
-                               iterations=cfg.evaluate.fit_iterations)
-        noisy_3d.append(_stats(points, space.deform_numpy(fit_noisy.z)))
-    if cfg.evaluate.noise_draws > 0:
-        timings["pose_noise"] = time.perf_counter() - t0
-    for key, draws_list in noisy.items():
-        row[key] = mean_over_draws(draws_list)
-    row["rgb_noisy"] = row.get("rgb_noisy")
-    row["latent_3d_noisy"] = mean_over_draws(noisy_3d) if noisy_3d else None
-    row["timings"] = timings
-    return row
+    cfg = scene.config
+    obs = [make_observation(im, scene.camera, p, scene.feature_loss, cfg.register.mask_dilation)
+           for im, p in zip(scene.images[:len(starts)], starts)]
+    run_cfg = replace(cfg, register=replace(cfg.register, backward="learned")) \
+        if learned else cfg
+    result = run_registration(scene.space, scene.unet, obs, run_cfg, scene.device, joint=joint,
+                              correspondence=scene.correspondence)
+    stats = _stats(scene.points, result.vertices)
+    if learned:
+        stats.update(field_seconds=result.timings.get("field", 0.0),
+                     field_px=result.descents[0].get("field_px", []))
+    stats.update(iterations=len(result.history), seconds=result.timings["total"],
+                 stop_reason=result.stop_reason, initial_loss=result.initial_loss,
+                 best_loss=result.best_loss, views=len(obs))
+    latent = None
+    if isinstance(result, RefinedResult) and result.latent_vertices is not None:
+        latent = _stats(scene.points, result.latent_vertices)
+        stats.update(residual_rms=result.refinement["residual_rms"],
+                     residual_max=result.refinement["residual_max"],
+                     refine_seconds=result.refinement["seconds"])
+    if joint:  # how far the start and the final pose are from the true one (metres)
+        start_error = pose_error(starts[0], scene.true_pose, scene.symmetry)
+        final_error = pose_error(result.poses[0], scene.true_pose, scene.symmetry)
+        pose_stats = dict(start_rotation_deg=start_error["rotation_deg"],
+                          start_translation_m=start_error["translation"],
+                          rotation_deg=final_error["rotation_deg"],
+                          translation_m=final_error["translation"],
+                          rotation_full_deg=final_error["rotation_full_deg"])
+        stats.update(pose_stats)
+        if latent is not None:
+            latent.update(pose_stats)
+    return stats, latent
 
 
 def evaluate(dataset_root: Path, categories: list[str], shapespaces: dict[str, Path],
