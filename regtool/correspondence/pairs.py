@@ -115,7 +115,7 @@ def _estimate(source: PairSource, view: _View, rng: np.random.Generator) -> Pair
     space = source.space
     unit = UNITS_TO_METRES.get(space.units, 1.0)
     camera = source.camera
-    faces = torch.as_tensor(space.faces, dtype=torch.int64)
+    faces = torch.tensor(space.faces, dtype=torch.int64)
     std = np.sqrt(np.maximum(space.explained_variance, 1e-20))
     if rng.uniform() < source.canonical_share:
         z_est = np.asarray(space.canonical_code, np.float64)

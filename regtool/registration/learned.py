@@ -111,7 +111,7 @@ def field_stage(space, observations: list[Observation], estimator: FieldEstimato
     canonical's). Returns the `FieldStageResult`."""
     t_start = time.perf_counter()
     std, unit, radius = _scales(space, device)
-    faces = torch.as_tensor(space.faces, dtype=torch.int64)
+    faces = torch.tensor(space.faces, dtype=torch.int64)
     poses = [o.pose for o in observations]
     z_start = np.asarray(space.canonical_code if z0 is None else z0, np.float64)
     u = torch.as_tensor(z_start, dtype=torch.float64, device=device) / std
@@ -173,7 +173,7 @@ def _normal_matrix(space, observations, poses, u, std, unit, radius, views, devi
         idx, w = idx[keep], w[keep]
         face = gb.face_id.reshape(-1)[idx] - 1
         bary = gb.bary.reshape(-1, 3)[idx].to(torch.float64).to(device)
-        corners = torch.as_tensor(space.faces, dtype=torch.int64)[face].to(device)
+        corners = torch.tensor(space.faces, dtype=torch.int64)[face].to(device)
         camera = observations[i].camera
 
         def pixels(params: torch.Tensor, i=i, corners=corners, bary=bary, camera=camera):

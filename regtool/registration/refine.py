@@ -78,7 +78,7 @@ def residual_basis(canonical_vertices: np.ndarray, beta: float, rank: int,
     canonical's vertices (V, 3), of rank at most `rank`."""
     from regtool.shapespace.cpd import lowrank_kernel
 
-    y = torch.as_tensor(canonical_vertices, dtype=torch.float64, device=device)
+    y = torch.tensor(canonical_vertices, dtype=torch.float64, device=device)
     centred = y - y.mean(0)
     scale = float((centred ** 2).sum(1).mean().sqrt())
     q, lam = lowrank_kernel(centred / scale, beta, min(rank, len(y)))
@@ -92,7 +92,7 @@ class Mahalanobis:
 
     def __init__(self, space, z: np.ndarray, device: torch.device) -> None:
         basis = np.asarray(space.basis, np.float64).reshape(space.latent_dim, -1).T
-        self.b = torch.as_tensor(basis, device=device)
+        self.b = torch.tensor(basis, device=device)
         self.p = torch.as_tensor(np.linalg.pinv(basis), device=device)
         var = np.maximum(np.asarray(space.explained_variance, np.float64), 1e-20)
         self.var = torch.as_tensor(var, device=device)

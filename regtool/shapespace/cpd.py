@@ -68,7 +68,9 @@ class CPDResult:
     def field(self, points) -> torch.Tensor:
         """Return the displacement v(Z) = G(Y, Z) W (P, 3) at `points` (P, 3), input units;
         dtype and device of W. Evaluated in chunks of points."""
-        z = torch.as_tensor(points, dtype=self.W.dtype, device=self.W.device)
+        # A copy of numpy input: a shape space's arrays are read-only.
+        z = points.to(self.W) if torch.is_tensor(points) else \
+            torch.tensor(np.asarray(points), dtype=self.W.dtype, device=self.W.device)
         if z.ndim != 2 or z.shape[1] != 3:
             raise MeshError(f"field points must have shape (P, 3), got {tuple(z.shape)}")
         yn = (self.template - self.centre) / self.scale
