@@ -54,7 +54,7 @@ class PairSource:
         """The canonical's largest distance from its centroid, metres."""
         from regtool.units import UNITS_TO_METRES
 
-        v = np.asarray(self.space.canonical_vertices, np.float64)
+        v = np.array(self.space.canonical_vertices, np.float64)
         return UNITS_TO_METRES.get(self.space.units, 1.0) * float(
             np.linalg.norm(v - v.mean(0), axis=1).max())
 
@@ -118,7 +118,7 @@ def _estimate(source: PairSource, view: _View, rng: np.random.Generator) -> Pair
     faces = torch.tensor(space.faces, dtype=torch.int64)
     std = np.sqrt(np.maximum(space.explained_variance, 1e-20))
     if rng.uniform() < source.canonical_share:
-        z_est = np.asarray(space.canonical_code, np.float64)
+        z_est = np.array(space.canonical_code, np.float64)
     else:
         z_est = source.codes[view.index] + rng.normal(size=std.shape) * source.code_noise * std
     scale = 0.1 if rng.uniform() < 1.0 / 3.0 else 1.0

@@ -111,7 +111,7 @@ def load_pair_sources(dataset_root: Path, category: str, shapespace_path: Path,
         raise DatasetError(f"the shape space {shapespace_path} has no code for the training "
                            f"mesh(es) {', '.join(missing)}: build it from this dataset")
     train = tuple(view_mesh(m, 1, n, scale) for n, m in data.train.items())
-    codes = np.stack([np.asarray(space.train_codes)[names.index(n)] for n in data.train])
+    codes = np.stack([np.array(space.train_codes)[names.index(n)] for n in data.train])
     test = tuple(view_mesh(t.mesh, 1, t.name, scale) for t in data.test)
     test_codes = np.stack([fit_points(space, t.eval_points).z for t in data.test]) \
         if data.test else np.zeros((0, space.latent_dim))

@@ -113,7 +113,7 @@ def field_stage(space, observations: list[Observation], estimator: FieldEstimato
     std, unit, radius = _scales(space, device)
     faces = torch.tensor(space.faces, dtype=torch.int64)
     poses = [o.pose for o in observations]
-    z_start = np.asarray(space.canonical_code if z0 is None else z0, np.float64)
+    z_start = np.array(space.canonical_code if z0 is None else z0, np.float64)
     u = torch.as_tensor(z_start, dtype=torch.float64, device=device) / std
     u_start = u.clone()
     k = space.latent_dim

@@ -272,9 +272,9 @@ def register(space, observations: list[Observation], loss_fn: Callable,
     elif config.start == "mean":
         z0, start = np.zeros(space.latent_dim), "mean"
     else:
-        z0, start = np.asarray(space.canonical_code, np.float64), "canonical"
+        z0, start = np.array(space.canonical_code, np.float64), "canonical"
     t0 = time.perf_counter()
-    u0 = torch.as_tensor(z0, dtype=torch.float64, device=device) / problem.std
+    u0 = torch.tensor(z0, dtype=torch.float64, device=device) / problem.std
     delta0 = _initial_increment(problem, u0 * problem.std, config, device)
     first = _descend(problem, config, device, callbacks, u0, delta0, start,
                      time.perf_counter() - t0)
@@ -470,7 +470,7 @@ def _code_search(problem: Problem, config: RegisterConfig, device: torch.device)
     deviations; one render each, no gradients)."""
     space, std = problem.space, problem.std
     zero = torch.zeros(6, dtype=torch.float64, device=device)
-    candidates = [np.zeros(space.latent_dim), *np.asarray(space.train_codes)]
+    candidates = [np.zeros(space.latent_dim), *np.array(space.train_codes)]
     whitened = [(torch.as_tensor(z, dtype=torch.float64, device=device) / std).clamp(
         -config.latent_bound, config.latent_bound) for z in candidates]
     with torch.no_grad():

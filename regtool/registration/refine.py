@@ -96,7 +96,7 @@ class Mahalanobis:
         self.p = torch.as_tensor(np.linalg.pinv(basis), device=device)
         var = np.maximum(np.asarray(space.explained_variance, np.float64), 1e-20)
         self.var = torch.as_tensor(var, device=device)
-        self.z = torch.as_tensor(np.asarray(z, np.float64), device=device)
+        self.z = torch.tensor(np.asarray(z, np.float64), device=device)
 
     def __call__(self, residual: torch.Tensor) -> torch.Tensor:
         r = residual.reshape(-1)

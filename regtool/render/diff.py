@@ -663,7 +663,7 @@ def diff_render(vertices: torch.Tensor, faces, cameras: CameraIntrinsics | list[
                                                                            np.integer):
         raise RenderError(f"faces must be (F, 3) integer indices, got {faces_np.shape} "
                           f"{faces_np.dtype}")
-    faces_t = torch.as_tensor(faces_np, dtype=torch.int64, device=vertices.device)
+    faces_t = torch.tensor(faces_np, dtype=torch.int64, device=vertices.device)
     image, mask = _DiffRenderFunction.apply(verts, faces_t, cams, settings,
                                             vertices.dim() == 2)
     if not batched:

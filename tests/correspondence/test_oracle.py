@@ -87,7 +87,7 @@ def test_propagated_field_is_the_gradient_of_the_reprojection_energy(small_space
     target = torch.as_tensor(space.deform_numpy(space.canonical_code) @ truth.rotation.T
                              + truth.translation)
     verts = torch.as_tensor(space.deform_numpy(space.canonical_code))
-    faces = torch.as_tensor(space.faces, dtype=torch.int64)
+    faces = torch.tensor(space.faces, dtype=torch.int64)
     radius = 0.1
     delta = torch.zeros(6, dtype=torch.float64, requires_grad=True)
     cam = posed_vertices(verts, [start], delta, radius)[0]

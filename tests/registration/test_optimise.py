@@ -38,7 +38,7 @@ def _rgb_setup(space, z_target, pose):
     camera = CameraIntrinsics.from_fov(128, 96, 40.0)
     render = _renderer()
     with torch.no_grad():
-        v = space.deform(torch.as_tensor(z_target))
+        v = space.deform(torch.tensor(z_target))
         cam_v = posed_vertices(v, [pose], torch.zeros(6, dtype=torch.float64), 0.1)[0]
         image, mask = render(space, cam_v.float(), camera)
     observed = image.permute(1, 2, 0).numpy()

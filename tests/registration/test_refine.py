@@ -50,7 +50,7 @@ def _views(space: ShapeSpace, target: np.ndarray, azimuths):
     from regtool.render.diff import DiffRenderSettings, diff_render
 
     settings = DiffRenderSettings(image_type="rgb")
-    faces = torch.as_tensor(space.faces)
+    faces = torch.tensor(space.faces)
 
     def render_fn(v, cam):
         return diff_render(v, faces, cam, settings)
@@ -172,7 +172,7 @@ def test_residual_basis_is_the_kernel_in_whitened_weights(space):
     basis = residual_basis(space.canonical_vertices, 0.5, 40, torch.device("cpu"))
     assert torch.allclose(basis.q.T @ basis.q, torch.eye(basis.rank, dtype=torch.float64),
                           atol=1e-8)
-    y = torch.as_tensor(space.canonical_vertices)
+    y = torch.tensor(space.canonical_vertices)
     y = (y - y.mean(0)) / basis.scale
     idx = torch.arange(0, len(y), max(1, len(y) // 50))
     g = gaussian_kernel(y[idx], y[idx], 0.5)
