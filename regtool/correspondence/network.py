@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from regtool.errors import ArtifactError
-from regtool.features.unet import _block
+from regtool.features.unet import _block, encoder_decoder
 
 CHECKPOINT_FORMAT = "regtool-correspondence"
 ARCH_KEYS = ("base_channels", "depth", "downsample")
@@ -69,19 +69,7 @@ class CorrespondenceNet(nn.Module):
         x = torch.cat([(observed[:, :3] - 0.5) / 0.25, observed[:, 3:], rendered], dim=1)
         if self.downsample > 1:
             x = F.avg_pool2d(x, self.downsample, ceil_mode=True)
-        xh, xw = x.shape[-2:]
-        m = 2 ** self.depth
-        ph, pw = (-xh) % m, (-xw) % m
-        y = F.pad(x, (0, pw, 0, ph), mode="replicate") if ph or pw else x
-        skips = []
-        for i, enc in enumerate(self.encoder):
-            y = enc(y if i == 0 else F.max_pool2d(y, 2))
-            skips.append(y)
-        for j, (red, dec) in enumerate(zip(self.reduce, self.decoder)):
-            skip = skips[self.depth - 1 - j]
-            y = F.interpolate(red(y), size=skip.shape[-2:], mode="bilinear", align_corners=False)
-            y = dec(torch.cat([y, skip], dim=1))
-        out = self.head(y)[..., :xh, :xw]
+        out = encoder_decoder(self, x, self.head)
         if self.downsample > 1:
             out = F.interpolate(out, size=(h, w), mode="bilinear", align_corners=False)
         disp = out[:, :2] * DISPLACEMENT_UNIT

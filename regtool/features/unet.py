@@ -40,6 +40,28 @@ def _block(c_in: int, c_out: int) -> nn.Sequential:
         nn.ReLU(inplace=True))
 
 
+def encoder_decoder(net: Any, x: torch.Tensor, head: Any = None) -> torch.Tensor:
+    """Return the last decoder level's output (B, C, H, W) of `net` (with `depth`, `encoder`,
+    `reduce`, `decoder` as `UNet` builds them) for x (B, C_in, H, W): padded (replicate) to a
+    multiple of 2**depth, encoded, decoded with skips, passed through `head` if given, cropped
+    back to H x W."""
+    h, w = x.shape[-2:]
+    m = 2 ** net.depth
+    ph, pw = (-h) % m, (-w) % m
+    y = F.pad(x, (0, pw, 0, ph), mode="replicate") if ph or pw else x
+    skips = []
+    for i, enc in enumerate(net.encoder):
+        y = enc(y if i == 0 else F.max_pool2d(y, 2))
+        skips.append(y)
+    for j, (red, dec) in enumerate(zip(net.reduce, net.decoder)):
+        skip = skips[net.depth - 1 - j]
+        y = F.interpolate(red(y), size=skip.shape[-2:], mode="bilinear", align_corners=False)
+        y = dec(torch.cat([y, skip], dim=1))
+    if head is not None:
+        y = head(y)
+    return y[..., :h, :w]
+
+
 class UNet(nn.Module):
     """Encoder-decoder with skip connections.
 
@@ -83,20 +105,7 @@ class UNet(nn.Module):
         """Return the feature map (B, feature_channels, H, W), float, >= 0 (after ReLU), of
         images `x` (B, 3, H, W) float RGB in [0, 1] (rows top to bottom)."""
         self._check(x)
-        h, w = x.shape[-2:]
-        m = 2 ** self.depth
-        ph, pw = (-h) % m, (-w) % m
-        y = F.pad(x, (0, pw, 0, ph), mode="replicate") if ph or pw else x
-        y = (y - 0.5) / 0.25  # roughly zero-mean, unit-variance input
-        skips = []
-        for i, enc in enumerate(self.encoder):
-            y = enc(y if i == 0 else F.max_pool2d(y, 2))
-            skips.append(y)
-        for j, (red, dec) in enumerate(zip(self.reduce, self.decoder)):
-            skip = skips[self.depth - 1 - j]
-            y = F.interpolate(red(y), size=skip.shape[-2:], mode="bilinear", align_corners=False)
-            y = dec(torch.cat([y, skip], dim=1))
-        return y[..., :h, :w]
+        return encoder_decoder(self, (x - 0.5) / 0.25)  # roughly zero-mean, unit variance
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Return logits (B, n_classes, H, W) of images `x` (B, 3, H, W) float in [0, 1]."""
