@@ -251,15 +251,15 @@ class RegisterConfig:
                      doc="after the latent (and pose) descent: none, or a residual "
                      "displacement field v = V(z) + G W beyond the latent space, G a Gaussian "
                      "kernel on the canonical's vertices (docs/refinement.md)")
-    refine_beta: float = _f(0.3, 0.01, 100.0, unit="RMS radii", doc="refinement: width of "
+    refine_beta: float = _f(0.2, 0.01, 100.0, unit="RMS radii", doc="refinement: width of "
                             "the residual's Gaussian kernel (canonical normalised to unit RMS "
                             "radius, as CPD's beta)")
-    refine_lambda: float = _f(30.0, 0.0, 1e6, doc="refinement: weight of the smoothness "
+    refine_lambda: float = _f(10.0, 0.0, 1e6, doc="refinement: weight of the smoothness "
                               "tr(W^T G W) (in RMS radii^2) against the image loss divided by "
                               "its value at the latent result")
-    refine_mahalanobis: float = _f(0.1, 0.0, 1e6, doc="refinement: weight of the squared "
-                                   "Mahalanobis distance of the total field under the PCA "
-                                   "(out-of-space part at the smallest variance); 0: off")
+    refine_mahalanobis: float = _f(0.05, 0.0, 1e6, doc="refinement: weight of the squared "
+                                   "Mahalanobis distance under the PCA of the total field's "
+                                   "latent-space part (a prior on the code); 0: off")
     refine_iterations: int = _f(30, 1, 100_000, doc="refinement: iterations (each renders "
                                 "every view once)")
     refine_learning_rate: float = _f(0.05, 1e-8, 10.0, unit="RMS radii",
