@@ -15,7 +15,6 @@ valid pixels and against log(32) on rendered pixels whose point is hidden in the
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import math
 import time
 from collections.abc import Callable
@@ -37,12 +36,11 @@ from regtool.correspondence.pairs import PairSource, render_pairs, stack_pairs
 from regtool.errors import ArtifactError, DatasetError
 from regtool.features.train import (
     STAMP_KEY,
-    checkpoint_stamp,
     learning_rate,
     remove_leftover_temps,
-    side_paths,
+    write_checkpoint_and_report,
 )
-from regtool.io import write_atomic, write_bytes_atomic, write_json_atomic
+from regtool.io import write_atomic
 
 Progress = Callable[[int, int, dict[str, float]], None]
 HIDDEN_LOG_ERROR = math.log(32.0)
@@ -236,13 +234,9 @@ def _train_loop(dataset_root, category, shapespace_path, config, render, out, de
                        threads=torch.get_num_threads(), val_views=int(val["valid"].shape[0]),
                        test_views=0 if test is None else int(test["valid"].shape[0]))
         full = {**meta, "metrics": metrics, "curve": curve}
-        data = checkpoint_bytes(model, full, optimizer.state_dict(), None, step)
-        stamp = checkpoint_stamp(step, hashlib.sha256(data).hexdigest())
-        write_bytes_atomic(out, data)
-        paths = side_paths(out)
-        write_json_atomic(paths["json"], {"format": "regtool-correspondence-report",
-                                          "checkpoint": out.name, "checkpoint_stamp": stamp,
-                                          **full, "arch": model.arch(), "step": step})
+        stamp, paths = write_checkpoint_and_report(
+            out, checkpoint_bytes(model, full, optimizer.state_dict(), None, step),
+            "regtool-correspondence-report", {**full, "arch": model.arch(), "step": step})
         _write_curve_png(paths["curve"], curve, metrics, f"correspondence {category}: step "
                          f"{step}", stamp)
         sets = [("val", val, res["val_pred"])]

@@ -83,6 +83,21 @@ def checkpoint_stamp(step: int, sha256: str) -> str:
     return f"step={int(step)} sha256={sha256}"
 
 
+def write_checkpoint_and_report(out: Path, data: bytes, report_format: str,
+                                report: dict[str, Any]) -> tuple[str, dict[str, Path]]:
+    """Write the checkpoint bytes `data` (of `report["step"]`) to `out`, then its metrics JSON
+    (`report` with `format`, the checkpoint's name and stamp); return (the stamp, `side_paths`)
+    for the PNGs the caller writes next. The checkpoint is the unit and written first; the side
+    files follow, stamped with its step and file hash, so a kill in between leaves them
+    detectably stale (`stale_side_files`), never silently mixed."""
+    stamp = checkpoint_stamp(report["step"], hashlib.sha256(data).hexdigest())
+    write_bytes_atomic(out, data)
+    paths = side_paths(out)
+    write_json_atomic(paths["json"], {"format": report_format, "checkpoint": out.name,
+                                      "checkpoint_stamp": stamp, **report})
+    return stamp, paths
+
+
 def stale_side_files(out: Path) -> list[Path]:
     """Return the side files of checkpoint `out` that do not belong to it: missing, or stamped
     for another checkpoint (a run killed between writing the checkpoint and its side files
@@ -473,16 +488,9 @@ def _train_loop(dataset_root, cats, config, render, out, device, seed, blob, sam
                        device=str(device), val_views=len(val_images),
                        test_views=0 if test_images is None else len(test_images))
         full = {**meta, "metrics": metrics, "curve": curve}
-        # The checkpoint is the unit and written first; the side files follow, stamped with its
-        # step and file hash, so a kill in between leaves them detectably stale
-        # (`stale_side_files`), never silently mixed.
-        data = checkpoint_bytes(model, full, optimizer.state_dict(), None, step)
-        stamp = checkpoint_stamp(step, hashlib.sha256(data).hexdigest())
-        write_bytes_atomic(out, data)
-        paths = side_paths(out)
-        write_json_atomic(paths["json"], {"format": "regtool-unet-report", "checkpoint": out.name,
-                                          "checkpoint_stamp": stamp, **full,
-                                          "arch": model.arch(), "step": step})
+        stamp, paths = write_checkpoint_and_report(
+            out, checkpoint_bytes(model, full, optimizer.state_dict(), None, step),
+            "regtool-unet-report", {**full, "arch": model.arch(), "step": step})
         _write_curve_png(paths["curve"], curve, f"U-Net {'+'.join(cats)}: step {step}, "
                          f"val IoU {metrics['val_iou']:.3f}, test IoU {metrics['test_iou']:.3f}",
                          stamp)
