@@ -38,6 +38,7 @@ from regtool.features.train import (
     STAMP_KEY,
     learning_rate,
     remove_leftover_temps,
+    run_steps,
     write_checkpoint_and_report,
 )
 from regtool.io import write_atomic
@@ -208,8 +209,6 @@ def _train_loop(dataset_root, category, shapespace_path, config, render, out, de
     metrics: dict[str, Any] = dict(old.get("metrics", {}))
     zero = {"val_zero_epe": float(zero_field_epe(val).mean()),
             "test_zero_epe": float(zero_field_epe(test).mean()) if test else float("nan")}
-    latest = {"val_epe": float("nan"), "test_epe": float("nan")}
-    window: list[float] = []
 
     def evaluate() -> dict[str, Any]:
         res: dict[str, Any] = dict(zero)
@@ -244,8 +243,7 @@ def _train_loop(dataset_root, category, shapespace_path, config, render, out, de
             sets.append(("test mesh", test, res["test_pred"]))
         _write_fields_png(paths["samples"], sets, stamp)
 
-    res = None
-    for step in range(start, config.steps):
+    def train_step(step: int) -> float:
         batch = stack_pairs(render_pairs(train_src, seed, step, config.batch_size,
                                          config.pairs_per_view))
         for group in optimizer.param_groups:
@@ -255,25 +253,10 @@ def _train_loop(dataset_root, category, shapespace_path, config, render, out, de
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        window.append(float(loss.detach()))
-        done = step + 1
-        last = done == config.steps
-        if done % config.val_every == 0 or last or done % config.checkpoint_every == 0:
-            curve["step"].append(done)
-            curve["loss"].append(float(np.mean(window)))
-            window = []
-            res = evaluate()
-            curve["val_step"].append(done)
-            curve["val_epe"].append(res["val_epe"])
-            curve["test_epe"].append(res["test_epe"])
-            latest = {"val_epe": res["val_epe"], "test_epe": res["test_epe"]}
-            if done % config.checkpoint_every == 0 or last:
-                save(done, res)
-        if progress:
-            progress(done, config.steps, {"loss": float(loss.detach()), **latest})
-    if res is None:  # nothing left to train (resumed a finished run): re-evaluate and report
-        res = evaluate()
-        save(start, res)
+        return float(loss.detach())
+
+    run_steps(start, config, train_step, evaluate, ("val_epe", "test_epe"), curve, save,
+              progress)
     return dict(metrics)
 
 

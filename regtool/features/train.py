@@ -98,6 +98,42 @@ def write_checkpoint_and_report(out: Path, data: bytes, report_format: str,
     return stamp, paths
 
 
+def run_steps(start: int, config: Any, train_step: Callable[[int], float],
+              evaluate: Callable[[], dict[str, Any]], keys: tuple[str, ...],
+              curve: dict[str, list], save: Callable[[int, dict[str, Any]], None],
+              progress: Progress | None) -> None:
+    """Run the training steps `start` .. `config.steps` - 1 (`train_step(step)` sets the
+    learning rate of `learning_rate(step, config)`' schedule itself and returns the loss): every
+    `config.val_every` steps, at every checkpoint (`config.checkpoint_every`) and at the last,
+    append the mean loss since the previous evaluation and `evaluate()`'s `keys` to `curve`
+    ("step", "loss", "val_step", keys), then `save(step, result)` at checkpoints and the last
+    step; `progress(done, total, {"loss", the first two keys' latest values})` after every
+    step. A run resumed at its end evaluates and saves once."""
+    latest = {k: float("nan") for k in keys[:2]}
+    window: list[float] = []
+    res: dict[str, Any] | None = None
+    for step in range(start, config.steps):
+        loss = train_step(step)
+        window.append(loss)
+        done = step + 1
+        last = done == config.steps
+        if done % config.val_every == 0 or last or done % config.checkpoint_every == 0:
+            curve["step"].append(done)
+            curve["loss"].append(float(np.mean(window)))
+            window = []
+            res = evaluate()
+            curve["val_step"].append(done)
+            for k in keys:
+                curve[k].append(res[k])
+            latest = {k: res[k] for k in keys[:2]}
+            if done % config.checkpoint_every == 0 or last:
+                save(done, res)
+        if progress:
+            progress(done, config.steps, {"loss": loss, **latest})
+    if res is None:  # nothing left to train (resumed a finished run): re-evaluate and report
+        save(start, evaluate())
+
+
 def stale_side_files(out: Path) -> list[Path]:
     """Return the side files of checkpoint `out` that do not belong to it: missing, or stamped
     for another checkpoint (a run killed between writing the checkpoint and its side files
@@ -452,9 +488,7 @@ def _train_loop(dataset_root, cats, config, render, out, device, seed, blob, sam
             "seed": seed, "dataset": str(dataset_root),
             "train_meshes": [m.name for m in train_meshes],
             "test_meshes": [m.name for m in test_meshes]}
-    latest = {"val_iou": float("nan"), "test_iou": float("nan")}
     metrics: dict[str, Any] = dict(old.get("metrics", {}))
-    window: list[float] = []
 
     def evaluate() -> dict[str, Any]:
         val_pred = predict_labels(model, val_images, device)
@@ -502,8 +536,7 @@ def _train_loop(dataset_root, cats, config, render, out, device, seed, blob, sam
             sets.append((f"{name} test", images, labels, res[f"{name}_test_pred"]))
         _write_samples_png(paths["samples"], sets, stamp)
 
-    res = None
-    for step in range(start, config.steps):
+    def train_step(step: int) -> float:
         images, labels = stream.next()
         x = to_tensor(images, device)
         y = torch.from_numpy(labels).to(device).long()
@@ -513,27 +546,11 @@ def _train_loop(dataset_root, cats, config, render, out, device, seed, blob, sam
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        window.append(float(loss.detach()))
-        done = step + 1
-        last = done == config.steps
-        if done % config.val_every == 0 or last or done % config.checkpoint_every == 0:
-            curve["step"].append(done)
-            curve["loss"].append(float(np.mean(window)))
-            window = []
-            res = evaluate()
-            curve["val_step"].append(done)
-            curve["val_iou"].append(res["val_iou"])
-            curve["test_iou"].append(res["test_iou"])
-            for name in clutter_sets:
-                curve[f"{name}_test_iou"].append(res[f"{name}_test_iou"])
-            latest = {"val_iou": res["val_iou"], "test_iou": res["test_iou"]}
-            if done % config.checkpoint_every == 0 or last:
-                save(done, res)
-        if progress:
-            progress(done, config.steps, {"loss": float(loss.detach()), **latest})
-    if res is None:  # nothing left to train (resumed a finished run): re-evaluate and report
-        res = evaluate()
-        save(start, res)
+        return float(loss.detach())
+
+    run_steps(start, config, train_step, evaluate,
+              ("val_iou", "test_iou", *[f"{name}_test_iou" for name in clutter_sets]),
+              curve, save, progress)
     return {k: v for k, v in metrics.items()}
 
 
