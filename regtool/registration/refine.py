@@ -21,8 +21,9 @@ with L the summed image loss of the views and M the squared Mahalanobis distance
 of the total field's latent-space part: the code z + P R (P the pseudo-inverse of the basis)
 over the explained variances, a Gaussian prior on the shape the images see. The out-of-space
 part of R is left to the coherence term alone: counting it at the smallest explained variance
-too (as first built) held back the shapes furthest from the latent space (the drills, three
-views: 2.98 -> 2.87 mm against 2.58 mm without it; docs/refinement.md). SGD with
+too (as first built) held back the shapes furthest from the latent space (drill_test_00, three
+views: 2.98 -> 2.87 mm with it, 2.76 mm without it at the same weights, 2.58 mm at the
+re-chosen defaults; docs/refinement.md). SGD with
 the descent's momentum and learning-rate decay; the gradient is scaled as in the descent (the
 first step has length `refine_learning_rate`, no later step is longer); the best state of J is
 kept. Finally the residual is halved (up to 8 times, then dropped) while it flips a face or
