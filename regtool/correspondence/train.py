@@ -33,11 +33,12 @@ from regtool.correspondence.network import (
     model_from_checkpoint,
 )
 from regtool.correspondence.pairs import PairSource, render_pairs, stack_pairs
-from regtool.errors import ArtifactError, DatasetError
+from regtool.errors import DatasetError
 from regtool.features.train import (
     STAMP_KEY,
     learning_rate,
     remove_leftover_temps,
+    resume_checkpoint,
     run_steps,
     write_checkpoint_and_report,
 )
@@ -126,25 +127,6 @@ def load_pair_sources(dataset_root: Path, category: str, shapespace_path: Path,
             PairSource(meshes=test, codes=test_codes, **common), space)
 
 
-def _resume_state(out: Path, config: CorrespondenceConfig, category: str) -> dict[str, Any]:
-    from regtool.features.unet import read_checkpoint
-
-    if not Path(out).is_file():
-        raise ArtifactError(f"--resume: no checkpoint at {out} to resume from")
-    blob = read_checkpoint(out, fmt=CHECKPOINT_FORMAT, what="correspondence",
-                           arch_keys=ARCH_KEYS)
-    meta = blob["meta"]
-    want = {k: getattr(config, k) for k in ARCH_KEYS}
-    have = {k: meta["arch"].get(k) for k in ARCH_KEYS}
-    if want != have:
-        raise ArtifactError(f"--resume: checkpoint {out} has architecture {have}, the config "
-                            f"asks for {want}")
-    if meta.get("category") != category:
-        raise ArtifactError(f"--resume: checkpoint {out} was trained on "
-                            f"{meta.get('category')!r}, not {category!r}")
-    return blob
-
-
 def train_correspondence(dataset_root: Path, category: str, shapespace_path: Path,
                          config: CorrespondenceConfig, render: RenderConfig, out: Path,
                          device: torch.device | str = "cpu", seed: int = 0,
@@ -168,7 +150,9 @@ def train_correspondence(dataset_root: Path, category: str, shapespace_path: Pat
     train_src, test_src, space = load_pair_sources(dataset_root, category, shapespace_path,
                                                    config, render)
     remove_leftover_temps(out)
-    blob = _resume_state(out, config, category) if resume else None
+    blob = resume_checkpoint(out, config, ARCH_KEYS, ("category", category),
+                             fmt=CHECKPOINT_FORMAT, what="correspondence",
+                             arch_keys=ARCH_KEYS) if resume else None
     threads_before = torch.get_num_threads()
     if config.threads > 0:
         torch.set_num_threads(config.threads)

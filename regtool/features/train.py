@@ -377,21 +377,24 @@ def _write_samples_png(path: Path, sets: list[tuple[str, np.ndarray, np.ndarray,
     plt.close(fig)
 
 
-def _resume_state(out: Path, config: UNetConfig, categories: list[str]) -> dict[str, Any]:
-    """Return the checkpoint to resume from; ArtifactError if there is none or it does not
-    match the configured architecture or categories."""
+def resume_checkpoint(out: Path, config: Any, compare_keys: tuple[str, ...],
+                      trained_on: tuple[str, Any], **read_kwargs: Any) -> dict[str, Any]:
+    """Return the checkpoint at `out` to resume from (`read_checkpoint(out, **read_kwargs)`);
+    ArtifactError if there is none, if its architecture differs from `config`'s `compare_keys`, or
+    if its meta entry trained_on[0] is not trained_on[1] (the categories it learnt)."""
     if not Path(out).is_file():
         raise ArtifactError(f"--resume: no checkpoint at {out} to resume from")
-    blob = read_checkpoint(out)
+    blob = read_checkpoint(out, **read_kwargs)
     meta = blob["meta"]
-    want = {k: getattr(config, k) for k in ARCH_KEYS}
-    have = {k: meta["arch"].get(k) for k in ARCH_KEYS}
+    want = {k: getattr(config, k) for k in compare_keys}
+    have = {k: meta["arch"].get(k) for k in compare_keys}
     if want != have:
         raise ArtifactError(f"--resume: checkpoint {out} has architecture {have}, the config "
                             f"asks for {want}")
-    if meta.get("categories") != categories:
-        raise ArtifactError(f"--resume: checkpoint {out} was trained on "
-                            f"{meta.get('categories')}, not {categories}")
+    key, value = trained_on
+    if meta.get(key) != value:
+        raise ArtifactError(f"--resume: checkpoint {out} was trained on {meta.get(key)!r}, "
+                            f"not {value!r}")
     return blob
 
 
@@ -428,7 +431,7 @@ def train_unet(dataset_root: Path, categories: str | list[str], config: UNetConf
     train_meshes, test_meshes = load_view_meshes(dataset_root, cats)
     backgrounds = load_backgrounds(backgrounds_dir)
     remove_leftover_temps(out)
-    blob = _resume_state(out, config, cats) if resume else None
+    blob = resume_checkpoint(out, config, ARCH_KEYS, ("categories", cats)) if resume else None
     distractors = (load_distractor_meshes(dataset_root, cats)
                    if config.distractors > 0 else [])
     sampler = clutter_sampler(config, render, backgrounds, distractors)
