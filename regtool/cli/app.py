@@ -135,6 +135,9 @@ def command_config(ctx: typer.Context, config: Path | None,
 
 ConfigOption = typer.Option(None, "--config", "-c", help="TOML config layered on the built-in "
                             "defaults (configs/default.toml) and the --profile.", dir_okay=False)
+RayAddressOption = typer.Option(None, "--ray-address", help="With --executor ray: 'auto' or "
+                                "HOST:PORT of a running cluster (default: a local Ray for "
+                                "this run).")
 
 
 class RateColumn(ProgressColumn):

@@ -9,6 +9,7 @@ import typer
 
 from regtool.cli.app import (
     ConfigOption,
+    RayAddressOption,
     app,
     command_config,
     console,
@@ -31,8 +32,7 @@ def build_shapespace_command(
     executor: Optional[str] = typer.Option(None, "--executor", help="Run the per-instance CPD "
                                            "fits as tasks: local (processes on this machine) "
                                            "or ray (default: one after the other here)."),
-    ray_address: Optional[str] = typer.Option(None, "--ray-address", help="With --executor "
-                                              "ray: 'auto' or HOST:PORT of a running cluster."),
+    ray_address: Optional[str] = RayAddressOption,
     workers: Optional[int] = typer.Option(None, "--workers", help="With --executor: parallel "
                                           "workers (default: one per core of this machine)."),
     config: Optional[Path] = ConfigOption,

@@ -9,6 +9,7 @@ import typer
 
 from regtool.cli.app import (
     ConfigOption,
+    RayAddressOption,
     app,
     command_config,
     console,
@@ -61,9 +62,7 @@ def evaluate_command(
                                         "also register N views of each instance jointly."),
     executor: str = typer.Option("local", "--executor", help="local (processes on this "
                                  "machine) or ray (Ray actors, one per worker)."),
-    ray_address: Optional[str] = typer.Option(None, "--ray-address", help="With --executor "
-                                              "ray: 'auto' or HOST:PORT of a running cluster "
-                                              "(default: a local Ray for this run)."),
+    ray_address: Optional[str] = RayAddressOption,
     backgrounds: Optional[str] = typer.Option(None, "--backgrounds", help="Composite the "
                                               "observations onto crops of photos: 'builtin' "
                                               "(the held-back built-in photos) or a folder; "

@@ -9,6 +9,7 @@ import typer
 
 from regtool.cli.app import (
     ConfigOption,
+    RayAddressOption,
     app,
     console,
     options,
@@ -32,9 +33,7 @@ def register_batch_command(
                                         "that name none."),
     executor: str = typer.Option("local", "--executor", help="local (process pool on this "
                                  "machine) or ray."),
-    ray_address: Optional[str] = typer.Option(None, "--ray-address", help="With --executor "
-                                              "ray: 'auto' or HOST:PORT of a running cluster "
-                                              "(default: a local Ray for this run)."),
+    ray_address: Optional[str] = RayAddressOption,
     workers: Optional[int] = typer.Option(None, "--workers", help="Parallel workers (default: "
                                           "one per core of this machine)."),
     config: Optional[Path] = ConfigOption,
