@@ -268,6 +268,12 @@ class RegisterConfig:
                                      "in that step")
     refine_rank: int = _f(64, 1, 10_000, doc="refinement: rank of the low-rank Gaussian "
                           "kernel (Nystroem on farthest points, as CPD's)")
+    refine_symmetric: bool = _f(True, doc="refinement: where the shape space has a rotational "
+                                "symmetry axis (the dataset manifest's, kept by "
+                                "build-shapespace) the residual stays symmetric about it: "
+                                "radial, axial and swirl displacements as smooth functions of "
+                                "height and radius, so the outline one view shows moves the "
+                                "far side too; false: a free 3D field")
     backward: str = _f("analytic", choices=("analytic", "learned"),
                        doc="joint mode's pose: analytic (image gradients, StilllebenDR) or "
                        "learned (a correspondence field from `train-correspondence` drives "

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import trimesh
 
-from regtool.data.manifest import Manifest, verify_dataset
+from regtool.data.manifest import Manifest, Symmetry, verify_dataset
 from regtool.errors import DatasetError
 from regtool.geometry.mesh import load_mesh, load_points
 
@@ -23,7 +23,8 @@ class TestInstance:
 @dataclass(frozen=True)
 class CategoryData:
     """A category's meshes in the dataset's units (`units`, e.g. 'm'); `hashes` maps relative
-    paths to sha256 of the files actually read."""
+    paths to sha256 of the files actually read; `symmetry` the manifest's rotational symmetry
+    axis of the category (object frame, `units`), if it declares one."""
 
     name: str
     units: str
@@ -32,6 +33,7 @@ class CategoryData:
     test: tuple[TestInstance, ...]
     hashes: dict[str, str]
     paths: dict[str, str] = field(default_factory=dict)  # mesh name -> path in the dataset
+    symmetry: Symmetry | None = None
 
 
 def load_category(root: Path, category: str, with_test: bool = True,
@@ -59,7 +61,7 @@ def load_category(root: Path, category: str, with_test: bool = True,
         tests = tuple(TestInstance(t.mesh.name, mesh(t.mesh),
                                    load_points(root / t.eval_points.path)) for t in c.test)
     return CategoryData(category, manifest.units, mesh(c.canonical),
-                        {e.name: mesh(e) for e in c.train}, tests, hashes, paths)
+                        {e.name: mesh(e) for e in c.train}, tests, hashes, paths, c.symmetry)
 
 
 def _verify_one(root: Path, category: str) -> Manifest:

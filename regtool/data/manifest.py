@@ -144,7 +144,7 @@ def _offset(value, where: str) -> tuple[float, float, float] | None:
     return (float(value[0]), float(value[1]), float(value[2]))
 
 
-def _symmetry(value, where: str) -> Symmetry | None:
+def parse_symmetry(value, where: str) -> Symmetry | None:
     """Return the optional category symmetry; DatasetError unless None or an object with a
     non-zero 3-vector `axis` and an optional 3-vector `point`."""
     if value is None:
@@ -198,7 +198,7 @@ def parse_manifest(data: dict, source: str = "manifest") -> Manifest:
                         for i, e in enumerate(train)),
             test=tuple(tests),
             offset=_offset(c.get("offset"), f"{source}: categories.{cname}.offset"),
-            symmetry=_symmetry(c.get("symmetry"), f"{source}: categories.{cname}.symmetry"),
+            symmetry=parse_symmetry(c.get("symmetry"), f"{source}: categories.{cname}.symmetry"),
             extra={k: v for k, v in c.items() if k not in _CATEGORY_KEYS})
     extra = {k: v for k, v in data.items()
              if k not in ("format", "version", "name", "units", "up_axis", "categories")}

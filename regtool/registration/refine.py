@@ -13,7 +13,13 @@ W = Q diag(lam)^-1/2 C, so that the residual is
     R = s Q diag(lam)^1/2 C   (s: the canonical's RMS radius, shape-space units)
 
 and the coherence (smoothness) term tr(W^T G W) is |C|^2 (Frobenius). The RKHS bound
-|R_i| <= s |C| makes |C| a bound on every vertex's move, in RMS radii. The objective is
+|R_i| <= s |C| makes |C| a bound on every vertex's move, in RMS radii. A category with a
+rotational symmetry axis (`ShapeSpace.symmetry`, `refine_symmetric`) gets the kernel on each
+vertex's (height, radius) about the axis instead, and the three columns of R move a vertex
+radially (in proportion to its distance from the axis), along the axis and about it: the
+residual keeps a solid of revolution one, and what one view shows of the outline reshapes the
+whole circumference (bottle, one view: 1.52 -> 1.29 mm against 1.47 mm with the free field;
+docs/refinement.md). The objective is
 
     J(C) = L(C) / L(0) + refine_lambda |C|^2 + refine_mahalanobis M(C)
 
@@ -41,6 +47,7 @@ import numpy as np
 import torch
 
 from regtool.config import RegisterConfig
+from regtool.data.manifest import Symmetry
 from regtool.registration.optimise import Problem, RegistrationResult, forward
 
 MAX_SHRINKS = 8
@@ -59,34 +66,70 @@ class RefinedResult(RegistrationResult):
 
 @dataclass(frozen=True)
 class ResidualBasis:
-    """The residual's parametrisation: R(C) = scale * q @ (sqrt_lam[:, None] * C) for C (r, 3);
+    """The residual's parametrisation: F(C) = scale * q @ (sqrt_lam[:, None] * C) for C (r, 3);
     q (V, r) orthonormal, sqrt_lam (r,) the square roots of the kernel's eigenvalues, scale the
-    canonical's RMS radius (shape-space units)."""
+    canonical's RMS radius (shape-space units). Without `directions` F is the displacement
+    field; with them (V, 3, 3) vertex i moves by sum_k F[i, k] directions[i, k] (the
+    symmetric basis: radial, axial and swirl directions of `symmetric_directions`)."""
 
     q: torch.Tensor
     sqrt_lam: torch.Tensor
     scale: float
+    directions: torch.Tensor | None = None
 
     @property
     def rank(self) -> int:
         return int(self.sqrt_lam.shape[0])
 
+    @property
+    def symmetric(self) -> bool:
+        return self.directions is not None
+
     def field(self, c: torch.Tensor) -> torch.Tensor:
         """Return the residual displacements (V, 3) of the weights C (r, 3), shape-space units."""
-        return self.scale * (self.q @ (self.sqrt_lam[:, None] * c))
+        f = self.scale * (self.q @ (self.sqrt_lam[:, None] * c))
+        if self.directions is None:
+            return f
+        return torch.einsum("vk,vkc->vc", f, self.directions)
 
 
 def residual_basis(canonical_vertices: np.ndarray, beta: float, rank: int,
-                   device: torch.device) -> ResidualBasis:
-    """Return the `ResidualBasis` of the Gaussian kernel of width `beta` (RMS radii) on the
-    canonical's vertices (V, 3), of rank at most `rank`."""
+                   device: torch.device, symmetry: Symmetry | None = None) -> ResidualBasis:
+    """Return the `ResidualBasis` of the Gaussian kernel of width `beta` (RMS radii) of rank at
+    most `rank`: on the canonical's vertices (V, 3) (shape-space units), or, given the
+    category's rotational `symmetry` (same frame and units), on their (height, radius) about
+    its axis with the directions of `symmetric_directions`, so every residual is a deformation
+    of a solid of revolution into another."""
     from regtool.shapespace.cpd import lowrank_kernel
 
     y = torch.tensor(canonical_vertices, dtype=torch.float64, device=device)
     centred = y - y.mean(0)
     scale = float((centred ** 2).sum(1).mean().sqrt())
-    q, lam = lowrank_kernel(centred / scale, beta, min(rank, len(y)))
-    return ResidualBasis(q=q, sqrt_lam=lam.sqrt(), scale=scale)
+    if symmetry is None:
+        q, lam = lowrank_kernel(centred / scale, beta, min(rank, len(y)))
+        return ResidualBasis(q=q, sqrt_lam=lam.sqrt(), scale=scale)
+    height, radius, directions = symmetric_directions(y, symmetry, scale)
+    coordinates = torch.stack([height - height.mean(), radius, torch.zeros_like(height)], 1)
+    q, lam = lowrank_kernel(coordinates / scale, beta, min(rank, len(y)))
+    return ResidualBasis(q=q, sqrt_lam=lam.sqrt(), scale=scale, directions=directions)
+
+
+def symmetric_directions(vertices: torch.Tensor, symmetry: Symmetry, scale: float
+                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Return (height (V,), radius (V,), directions (V, 3, 3)) of the vertices (V, 3) about the
+    symmetry axis (units of the vertices): the height along the axis from its point, the
+    distance from it, and per vertex the radial offset from the axis / `scale`, the axis, and
+    axis x radial offset / `scale`. The radial and swirl directions grow from zero at the axis,
+    so a field smooth in (height, radius) moves the vertices smoothly there too."""
+    axis = torch.tensor(symmetry.axis, dtype=vertices.dtype, device=vertices.device)
+    axis = axis / axis.norm()
+    relative = vertices - torch.tensor(symmetry.point, dtype=vertices.dtype,
+                                       device=vertices.device)
+    height = relative @ axis
+    radial = relative - height[:, None] * axis
+    swirl = torch.linalg.cross(axis.expand_as(radial), radial, dim=1)
+    directions = torch.stack([radial / scale, axis.expand_as(radial), swirl / scale], 1)
+    return height, radial.norm(dim=1), directions
 
 
 class Mahalanobis:
@@ -120,8 +163,9 @@ def refine(problem: Problem, result: RegistrationResult, config: RegisterConfig,
     at = problem.at_poses(result.poses)
     zero = torch.zeros(6, dtype=torch.float64, device=device)
     code = torch.as_tensor(np.asarray(result.z, np.float64), device=device)
+    symmetry = space.symmetry if config.refine_symmetric else None
     basis = residual_basis(space.canonical_vertices, config.refine_beta, config.refine_rank,
-                           device)
+                           device, symmetry)
     maha = Mahalanobis(space, result.z, device) if config.refine_mahalanobis > 0 else None
     timings = {"render": 0.0, "features": 0.0}
 
@@ -186,6 +230,7 @@ def refine(problem: Problem, result: RegistrationResult, config: RegisterConfig,
     summary = {
         "method": "residual", "beta": config.refine_beta, "lambda": config.refine_lambda,
         "mahalanobis_weight": config.refine_mahalanobis, "rank": basis.rank,
+        "symmetric": basis.symmetric,
         "iterations": len(losses) - 1, "stop_reason": stop_reason, "best_iteration": best_it,
         "losses": losses, "objectives": objectives,
         "latent_loss": loss0, "refined_loss": float(final.required_loss()),

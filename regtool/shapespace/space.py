@@ -18,7 +18,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from regtool.errors import ArtifactError, MeshError
+from regtool.data.manifest import Symmetry, parse_symmetry
+from regtool.errors import ArtifactError, DatasetError, MeshError
 from regtool.io import write_atomic, write_json_atomic
 
 FORMAT = "regtool-shapespace"
@@ -60,6 +61,7 @@ class ShapeSpace:
     basis_kind: str = "displacement"
     cpd_params: dict[str, Any] = field(default_factory=dict)
     input_hashes: dict[str, str] = field(default_factory=dict)
+    symmetry: Symmetry | None = None
     version: int = VERSION
     # Torch copies of the affine map per (dtype, device); the arrays are read-only copies, so
     # the cache cannot go stale.
@@ -130,7 +132,8 @@ class ShapeSpace:
                 "num_faces": int(len(self.faces)),
                 "template_points": int(len(self.template_points)),
                 "train_names": list(self.train_names), "cpd_params": self.cpd_params,
-                "input_hashes": self.input_hashes}
+                "input_hashes": self.input_hashes,
+                "symmetry": None if self.symmetry is None else self.symmetry.to_dict()}
 
     def save(self, path: Path, report: dict[str, Any] | None = None) -> Path:
         """Write `path` (.npz: arrays + metadata) and its `.json` sidecar (metadata, and
@@ -197,7 +200,8 @@ class ShapeSpace:
             space = cls(category=str(meta["category"]), units=str(meta["units"]),
                         train_names=tuple(str(n) for n in meta["train_names"]),
                         basis_kind=str(meta["basis_kind"]), cpd_params=dict(meta["cpd_params"]),
-                        input_hashes=dict(meta["input_hashes"]), version=version, **typed)
+                        input_hashes=dict(meta["input_hashes"]), version=version,
+                        symmetry=_symmetry(meta.get("symmetry"), path), **typed)
         except (KeyError, TypeError, ValueError) as exc:
             raise ArtifactError(f"shape space {path} has malformed metadata: {exc}") from exc
         problem = space.consistency_problem()
@@ -238,7 +242,8 @@ def pca_shape_space(*, category: str, units: str, canonical_vertices: np.ndarray
                     kernel_at_vertices: np.ndarray | None, train_names: list[str],
                     latent_dim: int, basis_kind: str = "displacement",
                     cpd_params: dict | None = None,
-                    input_hashes: dict | None = None) -> ShapeSpace:
+                    input_hashes: dict | None = None,
+                    symmetry: Symmetry | None = None) -> ShapeSpace:
     """Return the ShapeSpace from the CPD results of n >= 2 training instances.
 
     displacements (n, V, 3): d_i = G(Y, V_c) W_i, units. weights (n, M, 3) and
@@ -281,5 +286,15 @@ def pca_shape_space(*, category: str, units: str, canonical_vertices: np.ndarray
                        train_codes=codes.astype(np.float64), train_names=tuple(train_names),
                        canonical_code=np.zeros(k), pca_mean=pca.mean_.astype(np.float64),
                        pca_components=pca.components_.astype(np.float64), basis_kind=basis_kind,
-                       cpd_params=dict(cpd_params or {}), input_hashes=dict(input_hashes or {}))
+                       cpd_params=dict(cpd_params or {}), input_hashes=dict(input_hashes or {}),
+                       symmetry=symmetry)
     return replace(space, canonical_code=space.project(np.zeros((v, 3))))
+
+
+def _symmetry(value: Any, path: Path) -> Symmetry | None:
+    """Return the saved symmetry axis (None in files written before it was kept); ArtifactError
+    if it is malformed."""
+    try:
+        return parse_symmetry(value, "symmetry")
+    except DatasetError as exc:
+        raise ArtifactError(f"shape space {path} has malformed metadata: {exc}") from exc

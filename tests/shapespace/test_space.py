@@ -166,6 +166,45 @@ def test_save_load_roundtrip_and_bad_files(tmp_path, canonical, fields):
         ShapeSpace.load(tmp_path / "bad.npz")
 
 
+def test_symmetry_axis_is_kept_and_older_files_still_load(tmp_path, canonical, fields):
+    """The category's symmetry axis travels with the shape space (the residual refinement reads
+    it there); a file written before it was kept loads with none, a malformed one is refused."""
+    from dataclasses import replace
+
+    from regtool.data.manifest import Symmetry
+
+    axis = Symmetry((0.0, 0.0, 1.0), (0.001, 0.0, -0.1))
+    path = replace(make_space(canonical, fields, k=3), symmetry=axis).save(tmp_path / "s.npz")
+    assert ShapeSpace.load(path).symmetry == axis
+    assert json.loads((tmp_path / "s.json").read_text())["symmetry"] == axis.to_dict()
+    arrays = dict(np.load(path))
+    meta = json.loads(str(arrays["metadata"]))
+    for value, loads in ((None, True), ("missing", True), ({"axis": [0, 0, 0]}, False),
+                         ({"axis": [0, 0, 1], "tilt": 3}, False)):
+        if value == "missing":
+            meta.pop("symmetry")
+        else:
+            meta["symmetry"] = value
+        arrays["metadata"] = np.array(json.dumps(meta))
+        np.savez(tmp_path / "old.npz", **arrays)
+        if loads:
+            assert ShapeSpace.load(tmp_path / "old.npz").symmetry is None
+        else:
+            with pytest.raises(ArtifactError, match="malformed metadata: symmetry"):
+                ShapeSpace.load(tmp_path / "old.npz")
+
+
+def test_build_keeps_the_manifest_symmetry(dataset_dir):
+    from regtool.config import ShapeSpaceConfig
+    from regtool.data.manifest import read_manifest
+    from regtool.shapespace.build import build_shapespace
+
+    config = ShapeSpaceConfig(template_points=200, target_points=200, max_iterations=5)
+    space, _ = build_shapespace(dataset_dir, "bottle", config, seed=0)
+    declared = read_manifest(dataset_dir).category("bottle").symmetry
+    assert declared is not None and space.symmetry == declared
+
+
 def test_from_meshes_rejects_a_single_instance(canonical):
     m = instance(0)
     with pytest.raises(MeshError, match="at least 2"):
