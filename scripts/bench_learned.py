@@ -66,7 +66,7 @@ def main() -> None:
     corr = load_correspondence_for(space, args.correspondence, device)
     data = load_category(args.dataset, args.category)
     scale = UNITS_TO_METRES[data.units]
-    symmetry = category_symmetry(args.dataset, args.category, scale)
+    symmetry = category_symmetry(data)
     camera = observation_camera(cfg, meta.get("image_size"))
     rng = np.random.default_rng(args.seed)
     truth, observed = observe_instance(rng, data.test[0].mesh, scale, camera,

@@ -64,7 +64,7 @@ def run_instance(run_dir: str, category: str, index: int, variants: dict, draws:
     space, unet, meta = load_models(run / category / "shapespace.npz",
                                     run / category / "unet.pt", torch.device("cpu"))
     scale = UNITS_TO_METRES[data.units]
-    symmetry = category_symmetry(run / "dataset", category, scale)  # as `regtool evaluate`
+    symmetry = category_symmetry(data)  # as `regtool evaluate`
     rng = instance_rng(seed, category, index)
     reference_seeds(rng)  # drawn by the 3D references first in `regtool evaluate`
     camera = observation_camera(cfg, meta.get("image_size"))

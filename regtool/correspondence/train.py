@@ -115,7 +115,7 @@ def load_pair_sources(dataset_root: Path, category: str, shapespace_path: Path,
     test = tuple(view_mesh(t.mesh, 1, t.name, scale) for t in data.test)
     test_codes = np.stack([fit_points(space, t.eval_points).z for t in data.test]) \
         if data.test else np.zeros((0, space.latent_dim))
-    symmetry = category_symmetry(Path(dataset_root), category, scale)
+    symmetry = category_symmetry(data)
     sampler = ViewSampler(config.image_width, config.image_height, render.fov_y_deg,
                           render.distance, config.distance_jitter)
     common: dict[str, Any] = {

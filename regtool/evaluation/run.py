@@ -229,17 +229,16 @@ def _stats(points: np.ndarray, vertices: np.ndarray) -> dict:
     return distance_stats(points, vertices)
 
 
-def category_symmetry(dataset_root: Path, category: str, scale: float):
-    """Return the category's `data.manifest.Symmetry` from the dataset's manifest with its
-    point in metres (`scale`: dataset units -> metres), or None: pose errors of a symmetric
+def category_symmetry(data):
+    """Return the symmetry of a loaded `data.dataset.CategoryData` (the manifest's
+    `data.manifest.Symmetry`) with its point in metres, or None: pose errors of a symmetric
     category count the axis tilt only (`metrics.pose_error`)."""
     from dataclasses import replace
 
-    from regtool.data.manifest import read_manifest
-
-    symmetry = read_manifest(dataset_root).category(category).symmetry
+    symmetry = data.symmetry
     if symmetry is None:
         return None
+    scale = UNITS_TO_METRES[data.units]
     x, y, z = (float(v) * scale for v in symmetry.point)
     return replace(symmetry, point=(x, y, z))
 
@@ -297,7 +296,7 @@ def evaluate_instance(job: InstanceJob) -> dict:
                    None if job.correspondence_path is None else
                    load_correspondence_for(space, Path(job.correspondence_path), device),
                    test.eval_points, camera, images, true_poses[0],
-                   category_symmetry(Path(job.dataset_root), job.category, scale),
+                   category_symmetry(data),
                    FeatureLoss(unet, cfg.register.loss), cfg, device)
 
     def record(key: str, value: tuple[dict, dict | None]) -> None:
