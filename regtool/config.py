@@ -272,8 +272,9 @@ class RegisterConfig:
                                 "symmetry axis (the dataset manifest's, kept by "
                                 "build-shapespace) the residual stays symmetric about it: "
                                 "radial, axial and swirl displacements as smooth functions of "
-                                "height and radius, so the outline one view shows moves the "
-                                "far side too; false: a free 3D field")
+                                "height and radius; else, where it has a mirror plane, mirror "
+                                "symmetric about that; so what one view shows moves the far "
+                                "side too; false: a free 3D field")
     backward: str = _f("analytic", choices=("analytic", "learned"),
                        doc="joint mode's pose: analytic (image gradients, StilllebenDR) or "
                        "learned (a correspondence field from `train-correspondence` drives "

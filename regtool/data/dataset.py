@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import trimesh
 
-from regtool.data.manifest import Manifest, Symmetry, verify_dataset
+from regtool.data.manifest import Manifest, Mirror, Symmetry, verify_dataset
 from regtool.errors import DatasetError
 from regtool.geometry.mesh import load_mesh, load_points
 
@@ -24,7 +24,8 @@ class TestInstance:
 class CategoryData:
     """A category's meshes in the dataset's units (`units`, e.g. 'm'); `hashes` maps relative
     paths to sha256 of the files actually read; `symmetry` the manifest's rotational symmetry
-    axis of the category (object frame, `units`), if it declares one."""
+    axis and `mirror` its mirror plane of the category (object frame, `units`), if it declares
+    them."""
 
     name: str
     units: str
@@ -34,6 +35,7 @@ class CategoryData:
     hashes: dict[str, str]
     paths: dict[str, str] = field(default_factory=dict)  # mesh name -> path in the dataset
     symmetry: Symmetry | None = None
+    mirror: Mirror | None = None
 
 
 def load_category(root: Path, category: str, with_test: bool = True,
@@ -61,7 +63,8 @@ def load_category(root: Path, category: str, with_test: bool = True,
         tests = tuple(TestInstance(t.mesh.name, mesh(t.mesh),
                                    load_points(root / t.eval_points.path)) for t in c.test)
     return CategoryData(category, manifest.units, mesh(c.canonical),
-                        {e.name: mesh(e) for e in c.train}, tests, hashes, paths, c.symmetry)
+                        {e.name: mesh(e) for e in c.train}, tests, hashes, paths, c.symmetry,
+                        c.mirror)
 
 
 def _verify_one(root: Path, category: str) -> Manifest:

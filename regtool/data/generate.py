@@ -16,11 +16,13 @@ from regtool.data.manifest import (
     CategoryEntry,
     FileEntry,
     Manifest,
+    Mirror,
     Symmetry,
     TestEntry,
     manifest_to_dict,
 )
 from regtool.data.procedural import (
+    MIRROR_NORMALS,
     SYMMETRY_AXES,
     canonical_params,
     generate_mesh,
@@ -83,11 +85,12 @@ def write_category(root: Path, category: str, config: MakeDatasetConfig, seed: i
     write_json_atomic(root / category / "params.json",
                       {"category": category, "description": spec.description, "units": "m",
                        "offset": offset.tolist(), "ranges": spec.ranges, "instances": params})
-    symmetry = None
-    if category in SYMMETRY_AXES:  # the generator's axis, moved with the category's offset
-        point = (float(offset[0]), float(offset[1]), float(offset[2]))
-        symmetry = Symmetry(SYMMETRY_AXES[category], point)
-    return CategoryEntry(category, canonical, tuple(train), tuple(tests), symmetry=symmetry)
+    # The generator's axis and mirror plane, moved with the category's offset.
+    point = (float(offset[0]), float(offset[1]), float(offset[2]))
+    symmetry = Symmetry(SYMMETRY_AXES[category], point) if category in SYMMETRY_AXES else None
+    mirror = Mirror(MIRROR_NORMALS[category], point) if category in MIRROR_NORMALS else None
+    return CategoryEntry(category, canonical, tuple(train), tuple(tests), symmetry=symmetry,
+                         mirror=mirror)
 
 
 def _sample_surface(mesh, count: int, rng: np.random.Generator):

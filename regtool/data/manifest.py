@@ -30,6 +30,11 @@ Optional fields (written by `regtool import-dataset`; manifests without them sta
   units, default the origin): no image shows a rotation about it, so pose errors count only
   the axis tilt. The procedural bottle and spray declare it; `import-dataset` leaves it to the
   user (add it to the manifest by hand).
+* ``categories.<c>.mirror``: ``{"normal": [x, y, z], "point": [x, y, z]}``, a mirror plane of
+  the category (object frame: its normal, and a point on it in the manifest's units, default
+  the origin). The residual refinement of a category without an axis keeps its results
+  symmetric about it, so one view reshapes the hidden side too. The procedural drill and spray
+  declare it (the plane y = 0 of their generator); `import-dataset` leaves it to the user.
 * ``categories.<c>.test[i].points_source``: ``"file"`` (the evaluation points were given with
   the meshes) or ``"sampled"`` (drawn uniformly on the test mesh's surface).
 * Any other key of a category (e.g. ``repaired``: {mesh name: [repair steps]}, ``sources``:
@@ -82,6 +87,7 @@ class CategoryEntry:
     offset: tuple[float, float, float] | None = None
     extra: dict = field(default_factory=dict)
     symmetry: "Symmetry | None" = None
+    mirror: "Mirror | None" = None
 
 
 @dataclass(frozen=True)
@@ -94,6 +100,18 @@ class Symmetry:
 
     def to_dict(self) -> dict:
         return {"axis": list(self.axis), "point": list(self.point)}
+
+
+@dataclass(frozen=True)
+class Mirror:
+    """A mirror plane of a category: unit `normal` (3,) and a `point` (3,) on it, object frame,
+    the dataset's units."""
+
+    normal: tuple[float, float, float]
+    point: tuple[float, float, float] = (0.0, 0.0, 0.0)
+
+    def to_dict(self) -> dict:
+        return {"normal": list(self.normal), "point": list(self.point)}
 
 
 @dataclass(frozen=True)
@@ -129,7 +147,7 @@ def _file_entry(data, where: str) -> FileEntry:
     return FileEntry(str(name), path, sha)
 
 
-_CATEGORY_KEYS = ("canonical", "train", "test", "offset", "symmetry")
+_CATEGORY_KEYS = ("canonical", "train", "test", "offset", "symmetry", "mirror")
 
 
 def _offset(value, where: str) -> tuple[float, float, float] | None:
@@ -149,14 +167,31 @@ def parse_symmetry(value, where: str) -> Symmetry | None:
     non-zero 3-vector `axis` and an optional 3-vector `point`."""
     if value is None:
         return None
-    if not isinstance(value, dict) or set(value) - {"axis", "point"}:
-        raise DatasetError(f"{where} must be an object with 'axis' and optionally 'point'")
-    axis = _offset(value.get("axis"), f"{where}.axis")
-    if axis is None or math.hypot(*axis) == 0:
-        raise DatasetError(f"{where}.axis must be a non-zero list of 3 numbers")
-    norm = math.hypot(*axis)
+    axis, point = _direction_and_point(value, "axis", where)
+    return Symmetry(axis, point)
+
+
+def parse_mirror(value, where: str) -> Mirror | None:
+    """Return the optional category mirror plane; DatasetError unless None or an object with a
+    non-zero 3-vector `normal` and an optional 3-vector `point`."""
+    if value is None:
+        return None
+    normal, point = _direction_and_point(value, "normal", where)
+    return Mirror(normal, point)
+
+
+def _direction_and_point(value, key: str, where: str
+                         ) -> tuple[tuple[float, float, float], tuple[float, float, float]]:
+    """Return (the unit vector `value[key]`, `value["point"]` or the origin); DatasetError unless
+    `value` is an object with exactly these keys, a non-zero 3-vector and a 3-vector."""
+    if not isinstance(value, dict) or set(value) - {key, "point"}:
+        raise DatasetError(f"{where} must be an object with '{key}' and optionally 'point'")
+    vector = _offset(value.get(key), f"{where}.{key}")
+    if vector is None or math.hypot(*vector) == 0:
+        raise DatasetError(f"{where}.{key} must be a non-zero list of 3 numbers")
+    norm = math.hypot(*vector)
     point = _offset(value.get("point"), f"{where}.point") or (0.0, 0.0, 0.0)
-    return Symmetry((axis[0] / norm, axis[1] / norm, axis[2] / norm), point)
+    return (vector[0] / norm, vector[1] / norm, vector[2] / norm), point
 
 
 def parse_manifest(data: dict, source: str = "manifest") -> Manifest:
@@ -199,6 +234,7 @@ def parse_manifest(data: dict, source: str = "manifest") -> Manifest:
             test=tuple(tests),
             offset=_offset(c.get("offset"), f"{source}: categories.{cname}.offset"),
             symmetry=parse_symmetry(c.get("symmetry"), f"{source}: categories.{cname}.symmetry"),
+            mirror=parse_mirror(c.get("mirror"), f"{source}: categories.{cname}.mirror"),
             extra={k: v for k, v in c.items() if k not in _CATEGORY_KEYS})
     extra = {k: v for k, v in data.items()
              if k not in ("format", "version", "name", "units", "up_axis", "categories")}
@@ -218,8 +254,9 @@ def manifest_to_dict(m: Manifest) -> dict:
     def category(c: CategoryEntry) -> dict:
         offset = {} if c.offset is None else {"offset": list(c.offset)}
         symmetry = {} if c.symmetry is None else {"symmetry": c.symmetry.to_dict()}
+        mirror = {} if c.mirror is None else {"mirror": c.mirror.to_dict()}
         return {"canonical": fe(c.canonical), "train": [fe(e) for e in c.train],
-                "test": [test(t) for t in c.test], **offset, **symmetry, **c.extra}
+                "test": [test(t) for t in c.test], **offset, **symmetry, **mirror, **c.extra}
 
     return {"format": FORMAT, "version": VERSION, "name": m.name, "units": m.units,
             "up_axis": m.up_axis, **m.extra,

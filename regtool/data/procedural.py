@@ -211,6 +211,11 @@ CATEGORY_SPECS: dict[str, CategorySpec] = {
 # spray's small nozzle aside).
 SYMMETRY_AXES: dict[str, tuple[float, float, float]] = {"bottle": (0.0, 0.0, 1.0),
                                                         "spray": (0.0, 0.0, 1.0)}
+# Mirror planes of the generator frames (normal; the plane runs through the generator's origin):
+# the drill and the spray (nozzle included) are symmetric about y = 0. The camera is not (its
+# grip sits on one side, its lens off centre), and the bottle's axis already implies its planes.
+MIRROR_NORMALS: dict[str, tuple[float, float, float]] = {"drill": (0.0, 1.0, 0.0),
+                                                         "spray": (0.0, 1.0, 0.0)}
 
 
 def canonical_params(category: str) -> dict[str, float]:

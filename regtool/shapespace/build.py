@@ -14,7 +14,7 @@ import torch
 
 from regtool import __version__
 from regtool.config import ShapeSpaceConfig
-from regtool.data.manifest import Symmetry
+from regtool.data.manifest import Mirror, Symmetry
 from regtool.errors import MeshError
 from regtool.geometry.mesh import validate_mesh
 from regtool.geometry.sampling import sample_surface
@@ -43,7 +43,8 @@ def shapespace_from_meshes(canonical: tuple[np.ndarray, np.ndarray],
                            sources: dict[str, str] | None = None,
                            progress: Progress | None = None,
                            executor=None,
-                           symmetry: Symmetry | None = None) -> tuple[ShapeSpace, dict[str, Any]]:
+                           symmetry: Symmetry | None = None, mirror: Mirror | None = None
+                           ) -> tuple[ShapeSpace, dict[str, Any]]:
     """Return (ShapeSpace, report) from in-memory meshes given as (vertices (V, 3), faces (F, 3)).
 
     Seeded sampling (numpy Generator from `seed`): M = template_points on the canonical,
@@ -55,8 +56,8 @@ def shapespace_from_meshes(canonical: tuple[np.ndarray, np.ndarray],
     fewer than 2 training instances, or a training mesh more than 10x larger or smaller than the
     canonical (named by `sources`: name -> file, default its name). `executor`: run the CPD
     fits as tasks on it (`regtool.batch.executor`; None: one after the other here).
-    `symmetry`: the category's rotational symmetry axis (object frame, `units`), kept in the
-    shape space for the registration's residual refinement.
+    `symmetry`, `mirror`: the category's rotational symmetry axis and mirror plane (object
+    frame, `units`), kept in the shape space for the registration's residual refinement.
     """
     t_start = time.perf_counter()
     if len(train) < 2:
@@ -97,7 +98,7 @@ def shapespace_from_meshes(canonical: tuple[np.ndarray, np.ndarray],
                             weights=np.stack(weights), kernel_at_vertices=kernel_at_vertices,
                             train_names=names, latent_dim=config.latent_dim,
                             basis_kind=config.basis, cpd_params=params,
-                            input_hashes=input_hashes, symmetry=symmetry)
+                            input_hashes=input_hashes, symmetry=symmetry, mirror=mirror)
     t_pca = time.perf_counter() - t0
 
     t0 = time.perf_counter()
@@ -260,4 +261,5 @@ def build_from_category(data, config: ShapeSpaceConfig, seed: int,
         (np.asarray(data.canonical.vertices), np.asarray(data.canonical.faces)),
         {n: (np.asarray(m.vertices), np.asarray(m.faces)) for n, m in data.train.items()},
         config, seed, device, category=data.name, units=data.units, input_hashes=data.hashes,
-        sources=data.paths, progress=progress, executor=executor, symmetry=data.symmetry)
+        sources=data.paths, progress=progress, executor=executor, symmetry=data.symmetry,
+        mirror=data.mirror)

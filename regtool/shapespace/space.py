@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from regtool.data.manifest import Symmetry, parse_symmetry
+from regtool.data.manifest import Mirror, Symmetry, parse_mirror, parse_symmetry
 from regtool.errors import ArtifactError, DatasetError, MeshError
 from regtool.io import write_atomic, write_json_atomic
 
@@ -62,6 +62,7 @@ class ShapeSpace:
     cpd_params: dict[str, Any] = field(default_factory=dict)
     input_hashes: dict[str, str] = field(default_factory=dict)
     symmetry: Symmetry | None = None
+    mirror: Mirror | None = None
     version: int = VERSION
     # Torch copies of the affine map per (dtype, device); the arrays are read-only copies, so
     # the cache cannot go stale.
@@ -133,7 +134,8 @@ class ShapeSpace:
                 "template_points": int(len(self.template_points)),
                 "train_names": list(self.train_names), "cpd_params": self.cpd_params,
                 "input_hashes": self.input_hashes,
-                "symmetry": None if self.symmetry is None else self.symmetry.to_dict()}
+                "symmetry": None if self.symmetry is None else self.symmetry.to_dict(),
+                "mirror": None if self.mirror is None else self.mirror.to_dict()}
 
     def save(self, path: Path, report: dict[str, Any] | None = None) -> Path:
         """Write `path` (.npz: arrays + metadata) and its `.json` sidecar (metadata, and
@@ -201,7 +203,8 @@ class ShapeSpace:
                         train_names=tuple(str(n) for n in meta["train_names"]),
                         basis_kind=str(meta["basis_kind"]), cpd_params=dict(meta["cpd_params"]),
                         input_hashes=dict(meta["input_hashes"]), version=version,
-                        symmetry=_symmetry(meta.get("symmetry"), path), **typed)
+                        symmetry=_saved(parse_symmetry, meta, "symmetry", path),
+                        mirror=_saved(parse_mirror, meta, "mirror", path), **typed)
         except (KeyError, TypeError, ValueError) as exc:
             raise ArtifactError(f"shape space {path} has malformed metadata: {exc}") from exc
         problem = space.consistency_problem()
@@ -243,7 +246,8 @@ def pca_shape_space(*, category: str, units: str, canonical_vertices: np.ndarray
                     latent_dim: int, basis_kind: str = "displacement",
                     cpd_params: dict | None = None,
                     input_hashes: dict | None = None,
-                    symmetry: Symmetry | None = None) -> ShapeSpace:
+                    symmetry: Symmetry | None = None,
+                    mirror: Mirror | None = None) -> ShapeSpace:
     """Return the ShapeSpace from the CPD results of n >= 2 training instances.
 
     displacements (n, V, 3): d_i = G(Y, V_c) W_i, units. weights (n, M, 3) and
@@ -287,14 +291,14 @@ def pca_shape_space(*, category: str, units: str, canonical_vertices: np.ndarray
                        canonical_code=np.zeros(k), pca_mean=pca.mean_.astype(np.float64),
                        pca_components=pca.components_.astype(np.float64), basis_kind=basis_kind,
                        cpd_params=dict(cpd_params or {}), input_hashes=dict(input_hashes or {}),
-                       symmetry=symmetry)
+                       symmetry=symmetry, mirror=mirror)
     return replace(space, canonical_code=space.project(np.zeros((v, 3))))
 
 
-def _symmetry(value: Any, path: Path) -> Symmetry | None:
-    """Return the saved symmetry axis (None in files written before it was kept); ArtifactError
-    if it is malformed."""
+def _saved(parse, meta: dict, key: str, path: Path):
+    """Return the saved symmetry axis or mirror plane `meta[key]` read by `parse` (None in files
+    written before it was kept); ArtifactError if it is malformed."""
     try:
-        return parse_symmetry(value, "symmetry")
+        return parse(meta.get(key), key)
     except DatasetError as exc:
         raise ArtifactError(f"shape space {path} has malformed metadata: {exc}") from exc

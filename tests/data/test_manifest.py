@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 import shutil
 
+import numpy as np
 import pytest
 from datatools import copy_category
+from scipy.spatial import cKDTree
 
 from regtool.data.manifest import parse_manifest, read_manifest, verify_dataset
 from regtool.errors import DatasetError
@@ -96,6 +98,30 @@ def test_procedural_symmetric_categories_declare_their_axis(dataset_dir):
     assert "symmetry" not in raw["categories"]["drill"]
 
 
+def test_procedural_mirror_symmetric_categories_declare_their_plane(dataset_dir):
+    """make-dataset writes the drill's and the spray's mirror plane (y = 0 of the generator,
+    moved by the category offset); the camera (grip on one side) and the bottle have none. The
+    canonical mesh is its own mirror image about it."""
+    from regtool.geometry.mesh import load_mesh
+
+    manifest = read_manifest(dataset_dir)
+    for name in ("drill", "spray"):
+        plane = manifest.category(name).mirror
+        params = json.loads((dataset_dir / name / "params.json").read_text())
+        assert plane is not None and plane.normal == (0.0, 1.0, 0.0)
+        assert plane.point == pytest.approx(params["offset"])
+        vertices = np.asarray(load_mesh(dataset_dir / manifest.category(name).canonical.path)
+                              .vertices)
+        image = vertices.copy()
+        image[:, 1] = 2 * plane.point[1] - image[:, 1]
+        gaps = cKDTree(vertices).query(image)[0]
+        assert np.percentile(gaps, 99) < 2e-3, np.percentile(gaps, 99)  # a voxel (2 mm)
+    assert manifest.category("camera").mirror is None
+    assert manifest.category("bottle").mirror is None
+    raw = json.loads((dataset_dir / "manifest.json").read_text())
+    assert "mirror" in raw["categories"]["drill"] and "mirror" not in raw["categories"]["camera"]
+
+
 @pytest.mark.parametrize("value, message", [
     ({"axis": [0, 0, 0]}, "axis must be a non-zero"),
     ({"axis": [0, 1]}, "axis must be a list of 3"),
@@ -108,6 +134,33 @@ def test_malformed_symmetry_is_named(small_copy, value, message):
     data["categories"]["bottle"]["symmetry"] = value
     with pytest.raises(DatasetError, match=message):
         parse_manifest(data)
+
+
+@pytest.mark.parametrize("value, message", [
+    ({"normal": [0, 0, 0]}, "normal must be a non-zero"),
+    ({"normal": [0, 1]}, "normal must be a list of 3"),
+    ({"axis": [0, 1, 0]}, "must be an object with 'normal'"),
+    ([0, 1, 0], "must be an object with 'normal'"),
+])
+def test_malformed_mirror_is_named(small_copy, value, message):
+    data = json.loads((small_copy / "manifest.json").read_text())
+    data["categories"]["bottle"]["mirror"] = value
+    with pytest.raises(DatasetError, match=r"categories\.bottle\.mirror"):
+        parse_manifest(data)
+    with pytest.raises(DatasetError, match=message):
+        parse_manifest(data)
+
+
+def test_user_mirror_is_normalised_and_round_trips(small_copy):
+    from regtool.data.manifest import manifest_to_dict
+
+    data = json.loads((small_copy / "manifest.json").read_text())
+    data["categories"]["bottle"]["mirror"] = {"normal": [3, 0, 0], "point": [0.01, 0, 0]}
+    manifest = parse_manifest(data)
+    plane = manifest.category("bottle").mirror
+    assert plane.normal == (1.0, 0.0, 0.0) and plane.point == (0.01, 0.0, 0.0)
+    assert "mirror" not in manifest.category("bottle").extra
+    assert parse_manifest(manifest_to_dict(manifest)).category("bottle").mirror == plane
 
 
 def test_user_symmetry_is_normalised_and_round_trips(small_copy):

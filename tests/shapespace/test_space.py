@@ -194,15 +194,45 @@ def test_symmetry_axis_is_kept_and_older_files_still_load(tmp_path, canonical, f
                 ShapeSpace.load(tmp_path / "old.npz")
 
 
-def test_build_keeps_the_manifest_symmetry(dataset_dir):
+def test_mirror_plane_is_kept_and_older_files_still_load(tmp_path, canonical, fields):
+    """The category's mirror plane travels with the shape space like its axis; a file written
+    before it was kept loads with none, a malformed one is refused."""
+    from dataclasses import replace
+
+    from regtool.data.manifest import Mirror
+
+    plane = Mirror((0.0, 1.0, 0.0), (0.0, 0.002, 0.0))
+    path = replace(make_space(canonical, fields, k=3), mirror=plane).save(tmp_path / "s.npz")
+    assert ShapeSpace.load(path).mirror == plane
+    assert json.loads((tmp_path / "s.json").read_text())["mirror"] == plane.to_dict()
+    arrays = dict(np.load(path))
+    meta = json.loads(str(arrays["metadata"]))
+    for value, loads in (("missing", True), ({"normal": [0, 0, 0]}, False)):
+        if value == "missing":
+            meta.pop("mirror")
+        else:
+            meta["mirror"] = value
+        arrays["metadata"] = np.array(json.dumps(meta))
+        np.savez(tmp_path / "old.npz", **arrays)
+        if loads:
+            assert ShapeSpace.load(tmp_path / "old.npz").mirror is None
+        else:
+            with pytest.raises(ArtifactError, match="malformed metadata: mirror"):
+                ShapeSpace.load(tmp_path / "old.npz")
+
+
+@pytest.mark.parametrize("category", ["bottle", "drill"])
+def test_build_keeps_the_manifest_symmetry(dataset_dir, category):
     from regtool.config import ShapeSpaceConfig
     from regtool.data.manifest import read_manifest
     from regtool.shapespace.build import build_shapespace
 
     config = ShapeSpaceConfig(template_points=200, target_points=200, max_iterations=5)
-    space, _ = build_shapespace(dataset_dir, "bottle", config, seed=0)
-    declared = read_manifest(dataset_dir).category("bottle").symmetry
-    assert declared is not None and space.symmetry == declared
+    space, _ = build_shapespace(dataset_dir, category, config, seed=0)
+    declared = read_manifest(dataset_dir).category(category)
+    assert (declared.symmetry, declared.mirror) == (space.symmetry, space.mirror)
+    assert (declared.symmetry is not None) == (category == "bottle")
+    assert (declared.mirror is not None) == (category == "drill")
 
 
 def test_from_meshes_rejects_a_single_instance(canonical):
