@@ -32,7 +32,7 @@ Optional fields (written by `regtool import-dataset`; manifests without them sta
   user (add it to the manifest by hand).
 * ``categories.<c>.mirror``: ``{"normal": [x, y, z], "point": [x, y, z]}``, a mirror plane of
   the category (object frame: its normal, and a point on it in the manifest's units, default
-  the origin). The residual refinement of a category without an axis keeps its results
+  the origin). The residual refinement of a category without an axis keeps its results mirror
   symmetric about it, so one view reshapes the hidden side too. The procedural drill and spray
   declare it (the plane y = 0 of their generator); `import-dataset` leaves it to the user.
 * ``categories.<c>.test[i].points_source``: ``"file"`` (the evaluation points were given with
