@@ -93,3 +93,18 @@ def inspect_shapespace_command(
                       f"{len(space.train_names)} training instances")
         ratio = ", ".join(f"{r:.3f}" for r in space.explained_variance_ratio)
         console.print(f"explained variance ratio: {ratio}")
+        console.print(f"symmetry: {symmetry_text(space)}")
+
+
+def symmetry_text(space) -> str:
+    """Return the shape space's declared symmetries in words (object frame, its units)."""
+    def vec(v) -> str:
+        return "(" + ", ".join(f"{x:.4g}" for x in v) + ")"
+
+    parts = []
+    if space.symmetry is not None:
+        parts.append(f"axis {vec(space.symmetry.axis)} through {vec(space.symmetry.point)}")
+    if space.mirror is not None:
+        parts.append(f"mirror plane with normal {vec(space.mirror.normal)} through "
+                     f"{vec(space.mirror.point)}")
+    return "; ".join(parts) or "none declared"

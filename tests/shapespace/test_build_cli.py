@@ -48,6 +48,11 @@ def test_build_shapespace_on_the_builtin_dataset(dataset_dir, tiny_config, tmp_p
     assert s["mean_latent_error"] <= 0.5 * s["mean_canonical_error"], s
     result = runner.invoke(app, ["inspect-shapespace", str(out)])
     assert result.exit_code == 0 and category in result.output
+    # The manifest's symmetries travel with the space and are shown.
+    assert ("axis (0, 0, 1)" in result.output) == (category in ("bottle", "spray")), result.output
+    assert ("mirror plane with normal (0, 1, 0)" in result.output) == (
+        category in ("drill", "spray")), result.output
+    assert ("none declared" in result.output) == (category == "camera"), result.output
 
 
 def _copy(dataset_dir, tmp_path):
