@@ -27,17 +27,19 @@ def space(bottle_artifacts) -> ShapeSpace:
     return ShapeSpace.load(bottle_artifacts["shapespace"])
 
 
-def _bulge(space: ShapeSpace) -> np.ndarray:
-    """Return target vertices (V, 3): the canonical's code plus a smooth bulge of the upper
-    body (up to ~25 % of the local radius) with its latent-space part removed, so that no code
-    expresses it."""
+def _bulge(space: ShapeSpace, height: float = 0.7, width: float = 0.15,
+           around: np.ndarray | None = None) -> np.ndarray:
+    """Return target vertices (V, 3): the canonical's code plus a smooth radial bulge of the
+    body at `height` (fraction of its height; up to ~25 % of the local radius), times the
+    per-vertex weights `around` (default 1: all around the axis), with its latent-space part
+    removed, so that no code expresses it."""
     v0 = space.deform_numpy(space.canonical_code)
     r = v0 - v0.mean(0)
     h = (v0[:, 2] - v0[:, 2].min()) / np.ptp(v0[:, 2])
     rad = np.linalg.norm(r[:, :2], axis=1, keepdims=True)
+    weight = np.exp(-((h - height) / width) ** 2) * (1.0 if around is None else around)
     bump = np.zeros_like(v0)
-    bump[:, :2] = r[:, :2] / np.maximum(rad, 1e-9) * 0.25 * rad \
-        * np.exp(-((h - 0.7) / 0.15) ** 2)[:, None]
+    bump[:, :2] = r[:, :2] / np.maximum(rad, 1e-9) * 0.25 * rad * weight[:, None]
     a = space.basis.reshape(space.latent_dim, -1).T
     flat = bump.reshape(-1)
     flat = flat - a @ np.linalg.lstsq(a, flat, rcond=None)[0]
@@ -145,18 +147,8 @@ def _side_bumps(space: ShapeSpace, centre_y: float) -> np.ndarray:
     (25 % of the local radius), at +-60 degrees from +x about the axis: mirror images of each
     other about the plane y = centre_y, not a solid of revolution; latent-space part removed."""
     v0 = space.deform_numpy(space.canonical_code)
-    r = v0 - v0.mean(0)
-    h = (v0[:, 2] - v0[:, 2].min()) / np.ptp(v0[:, 2])
-    rad = np.linalg.norm(r[:, :2], axis=1, keepdims=True)
-    angle = np.degrees(np.arctan2(v0[:, 1] - centre_y, r[:, 0]))
-    around = np.exp(-((np.abs(angle) - 60.0) / 25.0) ** 2)
-    bump = np.zeros_like(v0)
-    bump[:, :2] = r[:, :2] / np.maximum(rad, 1e-9) * 0.25 * rad \
-        * (np.exp(-((h - 0.6) / 0.2) ** 2) * around)[:, None]
-    a = space.basis.reshape(space.latent_dim, -1).T
-    flat = bump.reshape(-1)
-    flat = flat - a @ np.linalg.lstsq(a, flat, rcond=None)[0]
-    return v0 + flat.reshape(-1, 3)
+    angle = np.degrees(np.arctan2(v0[:, 1] - centre_y, v0[:, 0] - v0[:, 0].mean()))
+    return _bulge(space, 0.6, 0.2, np.exp(-((np.abs(angle) - 60.0) / 25.0) ** 2))
 
 
 @pytest.mark.gl

@@ -166,58 +166,35 @@ def test_save_load_roundtrip_and_bad_files(tmp_path, canonical, fields):
         ShapeSpace.load(tmp_path / "bad.npz")
 
 
-def test_symmetry_axis_is_kept_and_older_files_still_load(tmp_path, canonical, fields):
-    """The category's symmetry axis travels with the shape space (the residual refinement reads
-    it there); a file written before it was kept loads with none, a malformed one is refused."""
+@pytest.mark.parametrize("key", ["symmetry", "mirror"])
+def test_symmetry_is_kept_and_older_files_still_load(tmp_path, canonical, fields, key):
+    """The category's symmetry axis and mirror plane travel with the shape space (the residual
+    refinement reads them there); a file written before they were kept loads with none, a
+    malformed one is refused."""
     from dataclasses import replace
 
-    from regtool.data.manifest import Symmetry
+    from regtool.data.manifest import Mirror, Symmetry
 
-    axis = Symmetry((0.0, 0.0, 1.0), (0.001, 0.0, -0.1))
-    path = replace(make_space(canonical, fields, k=3), symmetry=axis).save(tmp_path / "s.npz")
-    assert ShapeSpace.load(path).symmetry == axis
-    assert json.loads((tmp_path / "s.json").read_text())["symmetry"] == axis.to_dict()
+    declared = {"symmetry": Symmetry((0.0, 0.0, 1.0), (0.001, 0.0, -0.1)),
+                "mirror": Mirror((0.0, 1.0, 0.0), (0.0, 0.002, 0.0))}[key]
+    bad = {"symmetry": [{"axis": [0, 0, 0]}, {"axis": [0, 0, 1], "tilt": 3}],
+           "mirror": [{"normal": [0, 0, 0]}, {"normal": [0, 1, 0], "tilt": 3}]}[key]
+    path = replace(make_space(canonical, fields, k=3), **{key: declared}).save(tmp_path / "s.npz")
+    assert getattr(ShapeSpace.load(path), key) == declared
+    assert json.loads((tmp_path / "s.json").read_text())[key] == declared.to_dict()
     arrays = dict(np.load(path))
     meta = json.loads(str(arrays["metadata"]))
-    for value, loads in ((None, True), ("missing", True), ({"axis": [0, 0, 0]}, False),
-                         ({"axis": [0, 0, 1], "tilt": 3}, False)):
+    for value, loads in ((None, True), ("missing", True), (bad[0], False), (bad[1], False)):
         if value == "missing":
-            meta.pop("symmetry")
+            meta.pop(key)
         else:
-            meta["symmetry"] = value
+            meta[key] = value
         arrays["metadata"] = np.array(json.dumps(meta))
         np.savez(tmp_path / "old.npz", **arrays)
         if loads:
-            assert ShapeSpace.load(tmp_path / "old.npz").symmetry is None
+            assert getattr(ShapeSpace.load(tmp_path / "old.npz"), key) is None
         else:
-            with pytest.raises(ArtifactError, match="malformed metadata: symmetry"):
-                ShapeSpace.load(tmp_path / "old.npz")
-
-
-def test_mirror_plane_is_kept_and_older_files_still_load(tmp_path, canonical, fields):
-    """The category's mirror plane travels with the shape space like its axis; a file written
-    before it was kept loads with none, a malformed one is refused."""
-    from dataclasses import replace
-
-    from regtool.data.manifest import Mirror
-
-    plane = Mirror((0.0, 1.0, 0.0), (0.0, 0.002, 0.0))
-    path = replace(make_space(canonical, fields, k=3), mirror=plane).save(tmp_path / "s.npz")
-    assert ShapeSpace.load(path).mirror == plane
-    assert json.loads((tmp_path / "s.json").read_text())["mirror"] == plane.to_dict()
-    arrays = dict(np.load(path))
-    meta = json.loads(str(arrays["metadata"]))
-    for value, loads in (("missing", True), ({"normal": [0, 0, 0]}, False)):
-        if value == "missing":
-            meta.pop("mirror")
-        else:
-            meta["mirror"] = value
-        arrays["metadata"] = np.array(json.dumps(meta))
-        np.savez(tmp_path / "old.npz", **arrays)
-        if loads:
-            assert ShapeSpace.load(tmp_path / "old.npz").mirror is None
-        else:
-            with pytest.raises(ArtifactError, match="malformed metadata: mirror"):
+            with pytest.raises(ArtifactError, match=f"malformed metadata: {key}"):
                 ShapeSpace.load(tmp_path / "old.npz")
 
 
