@@ -23,7 +23,7 @@ docs/refinement.md). A category with a mirror plane and no axis (`ShapeSpace.mir
 drill) gets the kernel on the vertices reflected to one side of the plane, and moves each
 vertex in the plane's directions and, scaled by tanh(signed distance / MIRROR_WIDTH RMS radii),
 along its normal: the residual is mirror symmetric, the hidden side follows the visible one
-(drill, one view: 2.82 -> 2.24 mm against 2.46 mm with the free field). The objective is
+(drill, one view: 2.82 -> 2.23 mm against 2.46 mm with the free field). The objective is
 
     J(C) = L(C) / L(0) + refine_lambda |C|^2 + refine_mahalanobis M(C)
 
