@@ -165,19 +165,13 @@ def _offset(value, where: str) -> tuple[float, float, float] | None:
 def parse_symmetry(value, where: str) -> Symmetry | None:
     """Return the optional category symmetry; DatasetError unless None or an object with a
     non-zero 3-vector `axis` and an optional 3-vector `point`."""
-    if value is None:
-        return None
-    axis, point = _direction_and_point(value, "axis", where)
-    return Symmetry(axis, point)
+    return None if value is None else Symmetry(*_direction_and_point(value, "axis", where))
 
 
 def parse_mirror(value, where: str) -> Mirror | None:
     """Return the optional category mirror plane; DatasetError unless None or an object with a
     non-zero 3-vector `normal` and an optional 3-vector `point`."""
-    if value is None:
-        return None
-    normal, point = _direction_and_point(value, "normal", where)
-    return Mirror(normal, point)
+    return None if value is None else Mirror(*_direction_and_point(value, "normal", where))
 
 
 def _direction_and_point(value, key: str, where: str

@@ -125,9 +125,8 @@ def residual_basis(canonical_vertices: np.ndarray, beta: float, rank: int,
         coordinates = torch.stack([height - height.mean(), radius, torch.zeros_like(height)], 1)
         kind = "axis"
     elif mirror is not None:
-        distance, directions = mirror_directions(y, mirror, MIRROR_WIDTH * scale)
-        normal = torch.tensor(mirror.normal, dtype=y.dtype, device=device)
-        coordinates = centred + (distance.abs() - distance)[:, None] * normal / normal.norm()
+        distance, normal, directions = mirror_directions(y, mirror, MIRROR_WIDTH * scale)
+        coordinates = centred + (distance.abs() - distance)[:, None] * normal
         kind = "mirror"
     else:
         q, lam = lowrank_kernel(centred / scale, beta, min(rank, len(y)))
@@ -156,12 +155,13 @@ def symmetric_directions(vertices: torch.Tensor, symmetry: Symmetry, scale: floa
 
 
 def mirror_directions(vertices: torch.Tensor, mirror: Mirror, width: float
-                      ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Return (signed distance (V,) of the vertices (V, 3) from the mirror plane, directions
-    (V, 3, 3)): per vertex two orthonormal directions in the plane and the plane's normal times
-    tanh(distance / `width`) (units of the vertices). The normal component changes sign across
-    the plane, smoothly within `width` of it, so a field that is the same at a vertex and its
-    mirror image moves them as mirror images of each other without tearing the mesh there."""
+                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Return (signed distance (V,) of the vertices (V, 3) from the mirror plane, its unit
+    normal (3,), directions (V, 3, 3)): per vertex two orthonormal directions in the plane and
+    the normal times tanh(distance / `width`) (units of the vertices). The normal component
+    changes sign across the plane, smoothly within `width` of it, so a field that is the same
+    at a vertex and its mirror image moves them as mirror images of each other without tearing
+    the mesh there."""
     normal = torch.tensor(mirror.normal, dtype=vertices.dtype, device=vertices.device)
     normal = normal / normal.norm()
     distance = (vertices - torch.tensor(mirror.point, dtype=vertices.dtype,
@@ -173,7 +173,7 @@ def mirror_directions(vertices: torch.Tensor, mirror: Mirror, width: float
     second = torch.linalg.cross(normal, first)
     side = torch.tanh(distance / width)[:, None] * normal
     directions = torch.stack([first.expand_as(vertices), second.expand_as(vertices), side], 1)
-    return distance, directions
+    return distance, normal, directions
 
 
 class Mahalanobis:
