@@ -166,7 +166,10 @@ class CorrespondenceConfig:
                             "per level)")
     depth: int = _f(4, 1, 7, doc="network levels (2x2 max-pools)")
     downsample: int = _f(2, 1, 8, doc="the network works at 1/this of the image size "
-                         "(outputs upsampled to full-resolution pixels)")
+                         "(outputs upsampled to full-resolution pixels); unused with crop")
+    crop: int = _f(0, 0, 1024, unit="px", doc="> 0: the network works on a crop x crop "
+                   "window around the object (observed and rendered masks' box + 10 %), "
+                   "resampled, instead of the whole image; 0: the whole image at 1/downsample")
     image_width: int = _f(160, 16, 4096, unit="px", doc="training view width (use the "
                           "U-Net's: registration observes at its size)")
     image_height: int = _f(120, 16, 4096, unit="px", doc="training view height")
@@ -285,6 +288,10 @@ class RegisterConfig:
                               "the field's confidence-weighted mean length is below this")
     field_code: bool = _f(False, doc="learned backward: the field also moves the latent code "
                           "(else only the pose; the code follows from the image features)")
+    field_rounds: int = _f(1, 1, 20, doc="learned backward: rounds of (field stage, then the "
+                           "known-pose code descent); each later round's field stage starts at "
+                           "the previous round's code and poses, so the field sees less shape "
+                           "difference (docs/correspondence.md)")
     field_refine: bool = _f(True, doc="learned backward: after the field stage, the analytic "
                             "joint descent (pose and code, without centring and rotation grid); "
                             "false: the known-pose descent of the code (docs/correspondence.md)")

@@ -7,7 +7,8 @@ registers every draw in joint mode with its overrides of the `[register]` config
 records the Table 1 error (mean distance of the instance's evaluation points to the nearest
 vertex of the deformed canonical, mm), the best loss and the start and final pose errors.
 Besides the register keys a variant may set `noise_scale` (multiplies the drawn noise: 0 starts
-joint mode at the true pose) and `joint` (false: shape only, at the noisy start pose).
+joint mode at the true pose) and `joint` (false: shape only, at the noisy start pose). With
+`--correspondence PATTERN` ({category} replaced) a variant may set `"backward": "learned"`.
 
 Writes pose_noise_variants.json (every draw) and pose_noise_variants.md (mean error per
 instance and variant, and the mean over instances) into --out.
@@ -47,14 +48,19 @@ from regtool.evaluation.run import (
     reference_seeds,
 )
 from regtool.features.compare import FeatureLoss
-from regtool.registration.pipeline import load_models, make_observation, run_registration
+from regtool.registration.pipeline import (
+    load_correspondence_for,
+    load_models,
+    make_observation,
+    run_registration,
+)
 from regtool.units import UNITS_TO_METRES
 
 SCRIPT_KEYS = ("noise_scale", "joint")
 
 
 def run_instance(run_dir: str, category: str, index: int, variants: dict, draws: int, seed: int,
-                 config_path: str | None) -> list[dict]:
+                 config_path: str | None, correspondence: str | None = None) -> list[dict]:
     """Return one record per (variant, draw) of one test instance."""
     torch.set_num_threads(1)
     cfg = load_config(Path(config_path) if config_path else None)
@@ -72,6 +78,10 @@ def run_instance(run_dir: str, category: str, index: int, variants: dict, draws:
     noises = [pose_noise(rng, cfg.evaluate.pose_noise_xy, cfg.evaluate.pose_noise_deg)
               for _ in range(draws)]
     feature_loss = FeatureLoss(unet, cfg.register.loss)
+    network = None
+    if correspondence:
+        network = load_correspondence_for(space, Path(correspondence.format(category=category)),
+                                          torch.device("cpu"))
     records = []
     for name, overrides in variants.items():
         register_keys = {k: v for k, v in overrides.items() if k not in SCRIPT_KEYS}
@@ -81,7 +91,8 @@ def run_instance(run_dir: str, category: str, index: int, variants: dict, draws:
             obs = make_observation(observed, camera, start, feature_loss,
                                    variant_cfg.register.mask_dilation)
             result = run_registration(space, unet, [obs], variant_cfg, torch.device("cpu"),
-                                      joint=bool(overrides.get("joint", True)))
+                                      joint=bool(overrides.get("joint", True)),
+                                      correspondence=network)
             before = pose_error(start, true_pose, symmetry)
             after = pose_error(result.poses[0], true_pose, symmetry)
             records.append({
@@ -126,6 +137,8 @@ def main() -> int:
     parser.add_argument("--draws", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--config", default=None, help="TOML config (default: the defaults)")
+    parser.add_argument("--correspondence", default=None,
+                        help="correspondence network path pattern with {category}")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--out", type=Path, default=Path("bench_results"))
     args = parser.parse_args()
@@ -147,7 +160,7 @@ def main() -> int:
     with cf.ProcessPoolExecutor(max(1, min(args.workers, len(jobs))),
                                 mp_context=mp.get_context("spawn")) as pool:
         futures = [pool.submit(run_instance, str(args.run), c, i, variants, args.draws,
-                               args.seed, args.config) for c, i in jobs]
+                               args.seed, args.config, args.correspondence) for c, i in jobs]
         records = [r for f in futures for r in f.result()]
     args.out.mkdir(parents=True, exist_ok=True)
     table = markdown(records, list(variants))
