@@ -288,10 +288,6 @@ class RegisterConfig:
                               "the field's confidence-weighted mean length is below this")
     field_code: bool = _f(False, doc="learned backward: the field also moves the latent code "
                           "(else only the pose; the code follows from the image features)")
-    field_rounds: int = _f(1, 1, 20, doc="learned backward: rounds of (field stage, then the "
-                           "known-pose code descent); each later round's field stage starts at "
-                           "the previous round's code and poses, so the field sees less shape "
-                           "difference (docs/correspondence.md)")
     field_refine: bool = _f(True, doc="learned backward: after the field stage, the analytic "
                             "joint descent (pose and code, without centring and rotation grid); "
                             "false: the known-pose descent of the code (docs/correspondence.md)")

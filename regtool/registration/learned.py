@@ -20,8 +20,7 @@ best).
 initial poses, then the analytic known-pose descent of the code at the refined poses
 (`optimise.register` with joint = False: image features drive the shape; with
 `register.field_refine` the analytic joint descent of pose and code instead), its result
-carrying the refined poses and the field stage's summary; with `register.field_rounds` > 1
-the two alternate, each field stage starting from the previous round's code and poses.
+carrying the refined poses and the field stage's summary.
 """
 
 from __future__ import annotations
@@ -226,39 +225,21 @@ def register_learned(space, observations: list[Observation], loss_fn: Callable,
                      render_fn: Callable, config: RegisterConfig, device: torch.device,
                      estimator: FieldEstimator, callbacks: Sequence[Callback] = ()
                      ) -> RegistrationResult:
-    """`register --backward learned`: `config.field_rounds` rounds of the field stage (from
-    the observations' poses, later rounds from the previous round's poses and code) followed by
-    the analytic known-pose code descent (`optimise.register`, joint = False; the first round's
-    from `config.start`, later ones from the previous code, or from the field stage's code when
-    the field drove it); with `config.field_refine` the last round's descent is the analytic
-    joint descent instead. The result's timings gain "field" (seconds, all rounds) and carry
-    the earlier rounds' seconds in "total"; its descents list every stage's summary (earlier
-    rounds' descents without their index), `callbacks` see the last descent only."""
+    """`register --backward learned`: the field stage from the observations' poses, then the
+    analytic known-pose code descent (`optimise.register`, joint = False) at the refined
+    poses (starting from the field stage's code when the field drove it). The result's
+    timings gain "field" (seconds), its descents the field stage's summary first."""
     if not observations:
         raise RegistrationError("no observation given")
-    settings = FieldStageSettings.from_config(config)
-    poses = [o.pose for o in observations]
-    code: np.ndarray | None = None
-    summaries: list[dict] = []
-    field_seconds = earlier_seconds = 0.0
-    for round_index in range(config.field_rounds):
-        last = round_index == config.field_rounds - 1
-        moved = [replace(o, pose=p) for o, p in zip(observations, poses)]
-        stage = field_stage(space, moved, estimator, settings, device, z0=code)
-        field_seconds += stage.seconds
-        summaries.append(stage.summary())
-        moved = [replace(o, pose=p) for o, p in zip(observations, stage.poses)]
-        start = stage.z if config.field_code else code
-        after = replace(config, joint=True, centre_start=False, pose_search_deg=0.0) \
-            if last and config.field_refine else replace(config, joint=False)
-        result = register(space, moved, loss_fn, render_fn, after, device,
-                          callbacks=callbacks if last else (), start_code=start)
-        if not last:
-            earlier_seconds += result.timings["total"]
-            summaries += [{k: v for k, v in d.items() if k not in ("descent", "kept")}
-                          for d in result.descents]
-        code, poses = result.z, result.poses
-    result.timings["field"] = field_seconds
-    result.timings["total"] += field_seconds + earlier_seconds
-    result.descents = [*summaries, *result.descents]
+    stage = field_stage(space, observations, estimator, FieldStageSettings.from_config(config),
+                        device)
+    moved = [replace(o, pose=p) for o, p in zip(observations, stage.poses)]
+    start = stage.z if config.field_code else None
+    after = replace(config, joint=False) if not config.field_refine else \
+        replace(config, joint=True, centre_start=False, pose_search_deg=0.0)
+    result = register(space, moved, loss_fn, render_fn, after, device, callbacks=callbacks,
+                      start_code=start)
+    result.timings["field"] = stage.seconds
+    result.timings["total"] += stage.seconds
+    result.descents = [stage.summary(), *result.descents]
     return result

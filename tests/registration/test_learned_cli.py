@@ -125,36 +125,6 @@ def test_register_learned_backward(bottle_artifacts, observation, tiny_corr, tmp
     assert record["timings"]["field"] > 0
 
 
-def test_register_learned_backward_in_rounds(bottle_artifacts, observation, tiny_corr,
-                                            quick_config, tmp_path):
-    """register.field_rounds = 2: field stage, known-pose code descent, a second field stage
-    from that code and those poses, then the final descent; every stage is listed in
-    result.json and the field time covers both field stages."""
-    from dataclasses import replace
-
-    config = tmp_path / "rounds.toml"
-    config.write_text(config_toml(replace(quick_config, register=replace(
-        quick_config.register, field_rounds=2, field_refine=False))))
-    out = tmp_path / "reg"
-    result = runner.invoke(app, [
-        "register", "--shapespace", str(bottle_artifacts["shapespace"]), "--unet",
-        str(bottle_artifacts["unet"]), "--image", str(observation / "obs.png"), "--camera",
-        str(observation / "camera.json"), "--pose", str(observation / "pose.json"), "--out",
-        str(out), "--config", str(config), "--joint", "--backward", "learned",
-        "--correspondence", str(tiny_corr[0])])
-    assert result.exit_code == 0, result.output
-    record = json.loads((out / "result.json").read_text())
-    starts = [d["start"] for d in record["descents"]]
-    assert starts.count("field stage") == 2 and starts[0] == "field stage", starts
-    second = starts.index("field stage", 1)
-    assert second >= 2  # the first round's code descent(s) lie between the field stages
-    assert all("descent" not in d for d in record["descents"][:second])
-    assert any(d.get("descent") == 0 for d in record["descents"][second + 1:])
-    assert record["descents"][second + 1]["start"] == "given code"
-    field = sum(d["seconds"] for d in record["descents"] if d["start"] == "field stage")
-    assert record["timings"]["field"] == pytest.approx(field, rel=1e-6)
-
-
 def test_register_learned_backward_bad_inputs(bottle_artifacts, observation, tiny_corr,
                                               tmp_path, quick_config):
     one_line_error(_register(bottle_artifacts, observation, tmp_path / "a", "--joint",
