@@ -166,14 +166,11 @@ class CorrespondenceConfig:
                             "per level)")
     depth: int = _f(4, 1, 7, doc="network levels (2x2 max-pools)")
     downsample: int = _f(2, 1, 8, doc="the network works at 1/this of the image size "
-                         "(outputs upsampled to full-resolution pixels); unused with crop")
-    crop: int = _f(0, 0, 1024, unit="px", doc="> 0: the network works on a crop x crop "
-                   "window around the object (observed and rendered masks' box + 10 %), "
-                   "resampled, instead of the whole image; 0: the whole image at 1/downsample")
+                         "(outputs upsampled to full-resolution pixels)")
     image_width: int = _f(160, 16, 4096, unit="px", doc="training view width (use the "
                           "U-Net's: registration observes at its size)")
     image_height: int = _f(120, 16, 4096, unit="px", doc="training view height")
-    steps: int = _f(600, 1, 10_000_000, doc="optimiser steps")
+    steps: int = _f(5000, 1, 10_000_000, doc="optimiser steps")
     batch_size: int = _f(8, 1, 4096, doc="pairs per step")
     pairs_per_view: int = _f(4, 1, 4096, doc="training pairs (estimates) per rendered "
                              "observation: the photo-like rendering is the costly part")
@@ -286,7 +283,7 @@ class RegisterConfig:
                                "from the correspondence field, at most")
     field_stop_px: float = _f(1.0, 0.0, 1000.0, unit="px", doc="learned backward: stop once "
                               "the field's confidence-weighted mean length is below this")
-    field_code: bool = _f(False, doc="learned backward: the field also moves the latent code "
+    field_code: bool = _f(True, doc="learned backward: the field also moves the latent code "
                           "(else only the pose; the code follows from the image features)")
     field_refine: bool = _f(True, doc="learned backward: after the field stage, the analytic "
                             "joint descent (pose and code, without centring and rotation grid); "

@@ -8,13 +8,8 @@ G-buffer: mask (1), camera-frame unit normals (3, interpolated smooth vertex nor
 the camera) and depth relative to the object's depth in object radii (1), zero off the object.
 Output (`CorrespondenceNet.forward`): (B, 3, H, W): displacement (u, v) in pixels and
 s = log of the expected end-point error in pixels. A U-Net (early fusion of both inputs) that
-works either at 1 / `downsample` of the image size (inputs average-pooled, outputs upsampled
-bilinearly and scaled to full-resolution pixels) or, with `crop` > 0, on a `crop` x `crop`
-window around the object (the square around the union of the observed and the rendered
-masks' boxes, 10 % margin each side, resampled bilinearly; the outputs are sampled back at
-every image pixel and scaled by the window's pixels per network pixel). The crop spends the
-network's pixels on the object: at 160x120 a registration near convergence sees it at about
-full resolution instead of half.
+works at 1 / `downsample` of the image size (inputs average-pooled, outputs upsampled
+bilinearly and scaled to full-resolution pixels).
 
 Checkpoints use the U-Net's safe format (`features.unet.checkpoint_bytes`: tensors and plain
 values only, zip CRC and content hash checked on load) with their own format name.
@@ -33,9 +28,7 @@ from regtool.errors import ArtifactError
 from regtool.features.unet import _block, encoder_decoder
 
 CHECKPOINT_FORMAT = "regtool-correspondence"
-ARCH_KEYS = ("base_channels", "depth", "downsample")  # + "crop" (0 where a checkpoint lacks it)
-CROP_MARGIN = 0.1  # of the box's longer side, each side
-MIN_CROP_PX = 16.0  # smallest window side, image pixels
+ARCH_KEYS = ("base_channels", "depth", "downsample")
 RENDER_CHANNELS = 5  # mask, normals (3), relative depth
 OBS_CHANNELS = 4  # RGB + object mask
 DISPLACEMENT_UNIT = 8.0  # pixels per unit of the raw output (keeps the outputs near 1)
@@ -45,11 +38,9 @@ class CorrespondenceNet(nn.Module):
     """Encoder-decoder with skip connections over the concatenated observation and G-buffer
     (module docstring); `depth` 2x2 max-pools, `base_channels * 2**i` channels at level i."""
 
-    def __init__(self, base_channels: int = 16, depth: int = 4, downsample: int = 2,
-                 crop: int = 0):
+    def __init__(self, base_channels: int = 16, depth: int = 4, downsample: int = 2):
         super().__init__()
         self.base_channels, self.depth, self.downsample = base_channels, depth, downsample
-        self.crop = crop
         widths = [base_channels * 2 ** i for i in range(depth + 1)]
         c_in = OBS_CHANNELS + RENDER_CHANNELS
         self.encoder = nn.ModuleList([_block(c_in, widths[0])] + [
@@ -64,7 +55,7 @@ class CorrespondenceNet(nn.Module):
     def arch(self) -> dict[str, int]:
         """Return the architecture parameters (JSON-ready)."""
         return {"base_channels": self.base_channels, "depth": self.depth,
-                "downsample": self.downsample, "crop": self.crop}
+                "downsample": self.downsample}
 
     def forward(self, observed: torch.Tensor, rendered: torch.Tensor) -> torch.Tensor:
         """Return (B, 3, H, W): displacement (u, v) in pixels and the log expected error, for
@@ -76,8 +67,6 @@ class CorrespondenceNet(nn.Module):
                              f"{tuple(observed.shape)} and {tuple(rendered.shape)}")
         h, w = observed.shape[-2:]
         x = torch.cat([(observed[:, :3] - 0.5) / 0.25, observed[:, 3:], rendered], dim=1)
-        if self.crop > 0:
-            return self._forward_cropped(x, (observed[:, 3] > 0.5) | (rendered[:, 0] > 0.5))
         if self.downsample > 1:
             x = F.avg_pool2d(x, self.downsample, ceil_mode=True)
         out = encoder_decoder(self, x, self.head)
@@ -85,58 +74,6 @@ class CorrespondenceNet(nn.Module):
             out = F.interpolate(out, size=(h, w), mode="bilinear", align_corners=False)
         disp = out[:, :2] * DISPLACEMENT_UNIT
         return torch.cat([disp, out[:, 2:]], dim=1)
-
-
-    def _forward_cropped(self, x: torch.Tensor, union: torch.Tensor) -> torch.Tensor:
-        """Return the (B, 3, H, W) output of the network run on the object window (module
-        docstring) of the inputs x (B, C, H, W); `union` (B, H, W) bool: observed or rendered
-        object pixels."""
-        b, _, h, w = x.shape
-        centre, side = object_window(union)
-        size = self.crop
-        steps = (torch.arange(size, dtype=x.dtype, device=x.device) + 0.5) / size - 0.5
-        # grid_sample's normalised coordinates (align_corners=False): pixel x -> 2 x / W - 1
-        gx = (centre[:, 0, None] + steps[None] * side[:, None]) * (2.0 / w) - 1.0  # (B, S)
-        gy = (centre[:, 1, None] + steps[None] * side[:, None]) * (2.0 / h) - 1.0
-        grid = torch.stack([gx[:, None, :].expand(b, size, size),
-                            gy[:, :, None].expand(b, size, size)], dim=-1)
-        out = encoder_decoder(self, F.grid_sample(x, grid, mode="bilinear",
-                                                  padding_mode="zeros", align_corners=False),
-                              self.head)
-        # Back at every image pixel centre: window coordinates in [-1, 1].
-        px = torch.arange(w, dtype=x.dtype, device=x.device) + 0.5
-        py = torch.arange(h, dtype=x.dtype, device=x.device) + 0.5
-        bx = (px[None] - centre[:, 0, None]) * (2.0 / side[:, None])  # (B, W)
-        by = (py[None] - centre[:, 1, None]) * (2.0 / side[:, None])  # (B, H)
-        back = torch.stack([bx[:, None, :].expand(b, h, w), by[:, :, None].expand(b, h, w)],
-                           dim=-1)
-        out = F.grid_sample(out, back, mode="bilinear", padding_mode="border",
-                            align_corners=False)
-        scale = (side / size)[:, None, None, None]  # image pixels per window pixel
-        return torch.cat([out[:, :2] * DISPLACEMENT_UNIT * scale,
-                          out[:, 2:] + torch.log(scale)], dim=1)
-
-
-def object_window(union: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Return (centre (B, 2) in pixels (x, y; pixel centres at k + 0.5), side (B,) in pixels)
-    of the square window around each mask's (B, H, W) bool bounding box, CROP_MARGIN of its
-    longer side added each side, at least MIN_CROP_PX; the whole image where a mask is empty."""
-    b, h, w = union.shape
-    dtype = torch.float32
-    cols, rows = union.any(1), union.any(2)  # (B, W), (B, H)
-    xs = torch.arange(w, device=union.device, dtype=dtype)
-    ys = torch.arange(h, device=union.device, dtype=dtype)
-    big = float(max(h, w)) * 4.0
-    x0 = torch.where(cols, xs, big).amin(1)
-    x1 = torch.where(cols, xs + 1.0, -big).amax(1)
-    y0 = torch.where(rows, ys, big).amin(1)
-    y1 = torch.where(rows, ys + 1.0, -big).amax(1)
-    empty = ~cols.any(1)
-    x0, x1 = torch.where(empty, 0.0, x0), torch.where(empty, float(w), x1)
-    y0, y1 = torch.where(empty, 0.0, y0), torch.where(empty, float(h), y1)
-    longer = torch.maximum(x1 - x0, y1 - y0)
-    side = (longer * (1.0 + 2.0 * CROP_MARGIN)).clamp_min(MIN_CROP_PX)
-    return torch.stack([(x0 + x1) / 2.0, (y0 + y1) / 2.0], dim=1), side
 
 
 def network_input(gbuffer, vertices: torch.Tensor, faces: torch.Tensor,
@@ -208,7 +145,7 @@ def model_from_checkpoint(blob: dict[str, Any], source: str) -> CorrespondenceNe
     arch = blob["meta"]["arch"]
     try:
         model = CorrespondenceNet(int(arch["base_channels"]), int(arch["depth"]),
-                                  int(arch["downsample"]), int(arch.get("crop", 0)))
+                                  int(arch["downsample"]))
         model.load_state_dict(blob["model"], strict=True)
     except (RuntimeError, ValueError) as exc:
         first = str(exc).strip().splitlines()[0][:160]

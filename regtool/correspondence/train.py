@@ -173,8 +173,7 @@ def _train_loop(dataset_root, category, shapespace_path, config, render, out, de
     test = _fixed_set(test_src, seed + 2_000_003, config.val_views) if test_src.meshes else None
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = CorrespondenceNet(config.base_channels, config.depth, config.downsample,
-                                  config.crop)
+        model = CorrespondenceNet(config.base_channels, config.depth, config.downsample)
     if blob:
         model = model_from_checkpoint(blob, str(out))
     model.to(device).train()
