@@ -124,12 +124,12 @@ class UNetConfig:
 
     base_channels: int = _f(8, 2, 256, doc="channels of the first U-Net level (doubling per "
                             "level)")
-    depth: int = _f(3, 1, 7, doc="U-Net levels")
+    depth: int = _f(4, 1, 7, doc="U-Net levels (2x2 max-pools; 4 sees about 140 px around a pixel)")
     feature_channels: int = _f(16, 1, 1024, doc="channels of the feature layer register "
                                "compares in (the paper's network, gpu profile: 64)")
     image_width: int = _f(160, 16, 4096, unit="px", doc="training view width")
     image_height: int = _f(120, 16, 4096, unit="px", doc="training view height")
-    steps: int = _f(1500, 1, 10_000_000, doc="optimiser steps")
+    steps: int = _f(2000, 1, 10_000_000, doc="optimiser steps")
     batch_size: int = _f(8, 1, 4096, doc="views per step")
     learning_rate: float = _f(2e-3, 1e-8, 10.0, doc="AdamW's peak learning rate (linear "
                               "warm-up over 5 % of the steps, then cosine decay to 2 %)")
@@ -153,6 +153,9 @@ class UNetConfig:
                           "textured occluder over 5-40 % of the object")
     photometric: float = _f(0.3, 0.0, 1.0, unit="probability", doc="training views with "
                             "colour jitter, blur and sensor noise")
+    supersample: float = _f(0.3, 0.0, 1.0, unit="probability", doc="training views whose "
+                            "object is rendered at 2-3x the size and area-averaged: the softer "
+                            "edges of a larger image brought to the network's scale")
     builtin_photos: bool = _f(True, doc="structured backgrounds include scikit-image's bundled "
                               "training photos (render.clutter.TRAIN_PHOTOS; the held-back ones "
                               "are never trained on)")

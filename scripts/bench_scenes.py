@@ -4,8 +4,9 @@ Per category and test instance: the evaluation's observation (`evaluation.run`: 
 pose, colour and background as `regtool evaluate`), registered with the known pose (and
 `--noise-draws` pose-noise draws, joint mode) over the plain rendered background, over crops of
 the held-back built-in photos, with `--occlusion` of the object covered, and rendered at each
-`--sizes` (same field of view, the background drawn at the first size and resampled: the same
-scene; brought to the U-Net's scale by `rescale.network_view`). Reports
+`--sizes` (same field of view; the background drawn at the first size, upsampled to the largest
+and area-averaged to each: the same scene at every size; brought to the U-Net's scale by
+`rescale.network_view`). Reports
 the Table 1 error (mean distance of the instance's evaluation points to the nearest deformed
 vertex, mm) and the segmentation IoU of the U-Net on the registered view. No 3D references but
 the undeformed canonical: it is a quick check, not `regtool evaluate`.
@@ -71,8 +72,11 @@ def run_instance(args, category: str, index: int, cfg, space, unet, meta, device
         rng = instance_rng(args.seed, category, index)
         reference_seeds(rng)
         base = tuple(int(x) for x in args.sizes.split(",")[0].split("x"))
+        largest = max((tuple(int(x) for x in s.split("x")) for s in args.sizes.split(",")),
+                      key=lambda wh: wh[0] * wh[1])
         pose, shaded, plain = observe_instance_shaded(rng, test.mesh, scale, camera,
-                                                      cfg.render.distance, base)
+                                                      cfg.render.distance, base,
+                                                      scene_size=largest)
         noises = [pose_noise(rng, cfg.evaluate.pose_noise_xy, cfg.evaluate.pose_noise_deg)
                   for _ in range(args.noise_draws)]
         for scene in scenes:

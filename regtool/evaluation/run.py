@@ -110,21 +110,30 @@ def observe_instance(rng: np.random.Generator, mesh, scale: float, camera: Camer
 def observe_instance_shaded(rng: np.random.Generator, mesh, scale: float,
                             camera: CameraIntrinsics, distance: float,
                             background_size: tuple[int, int] | None = None,
-                            elevation_deg: tuple[float, ...] = (10.0, 40.0)):
+                            elevation_deg: tuple[float, ...] = (10.0, 40.0),
+                            scene_size: tuple[int, int] | None = None):
     """Return (pose, `ShadedImage`, background (H, W, 3) float32) of `observe_instance` (the
     same draws from `rng`, the same image). `background_size` (W, H): draw the background at
-    that size and resample it to the camera's, so that cameras of one field of view and
-    different sizes see the same scene (the draws depend on the size drawn at)."""
+    that size, upsample it (bilinear) to `scene_size` (W, H; default: the camera's) and
+    area-average that to the camera's size, so that cameras of one field of view and sizes up
+    to `scene_size` all see the same scene, each integrating it over its pixels (the draws
+    depend on the size drawn at)."""
     from regtool.render.shading import Material, random_background, render_shaded
 
     pose = known_pose(rng, distance, elevation_deg)
-    if background_size is None or tuple(background_size) == (camera.width, camera.height):
+    size = (camera.width, camera.height)
+    if background_size is None:
         background = random_background(rng, camera.height, camera.width)
     else:
         from regtool.render.clutter import resize
 
-        small = random_background(rng, int(background_size[1]), int(background_size[0]))
-        background = resize(small, camera.height, camera.width)
+        drawn = (int(background_size[0]), int(background_size[1]))
+        scene = tuple(int(x) for x in scene_size) if scene_size is not None else size
+        background = random_background(rng, drawn[1], drawn[0])
+        if scene != drawn:
+            background = resize(background, scene[1], scene[0])
+        if scene != size:
+            background = resize(background, camera.height, camera.width)
     colour = tuple(rng.uniform(0.15, 0.9, 3).tolist())
     shaded = render_shaded(np.asarray(mesh.vertices) * scale, np.asarray(mesh.faces), pose,
                            camera, material=Material(colour, 0.1, 0.6), background=background)

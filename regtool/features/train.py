@@ -224,6 +224,7 @@ def clutter_sampler(config: UNetConfig, render: RenderConfig,
                        render.distance, config.distance_jitter, backgrounds,
                        clutter=config.clutter, distractors=config.distractors,
                        occluders=config.occluders, photometric=config.photometric,
+                       supersample=config.supersample,
                        photo_split="train" if config.builtin_photos else "",
                        distractor_meshes=tuple(distractors))
 
@@ -238,6 +239,7 @@ def held_back_samplers(sampler: ViewSampler, distractors: list[ViewMesh]
 
     photo = dataclasses.replace(sampler, backgrounds=(), clutter=1.0, photo_share=1.0,
                                 photo_split="held_back", photometric=0.0, occluders=0.0,
+                                supersample=0.0,
                                 distractors=0.5 if distractors else 0.0,
                                 distractor_meshes=tuple(distractors))
     return {"photo": photo,

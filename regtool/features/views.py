@@ -60,7 +60,8 @@ class ViewSampler:
     the built-in photos of `photo_split`: "train", "held_back" or "" for none), `distractors`
     1-2 meshes of `distractor_meshes` rendered behind and (half of the time) in front of the
     object, `occluders` a textured occluder over a fraction (uniform in `occlusion`) of the
-    object, `photometric` colour jitter, blur and noise; `photo_share`: the share of structured
+    object, `photometric` colour jitter, blur and noise, `supersample` the object rendered at
+    2-3x the size and area-averaged (softer edges); `photo_share`: the share of structured
     backgrounds that are photo crops (when there are photos)."""
 
     width: int
@@ -73,6 +74,7 @@ class ViewSampler:
     distractors: float = 0.0
     occluders: float = 0.0
     photometric: float = 0.0
+    supersample: float = 0.0
     photo_split: str = ""
     distractor_meshes: tuple[ViewMesh, ...] = ()
     occlusion: tuple[float, float] = (0.05, 0.4)
@@ -156,12 +158,7 @@ def render_view(mesh: ViewMesh, sampler: ViewSampler, rng: np.random.Generator,
     -> camera `Pose` to render at (None: drawn by `sample_pose`); lights, material and
     background are drawn either way."""
     from regtool.geometry.camera import CameraIntrinsics
-    from regtool.render.shading import (
-        random_background,
-        random_lighting,
-        random_material,
-        render_shaded,
-    )
+    from regtool.render.shading import random_background, random_lighting, random_material
 
     camera = CameraIntrinsics.from_fov(sampler.width, sampler.height, sampler.fov_y_deg)
     pose = sample_pose(rng, sampler) if pose is None else pose
@@ -189,9 +186,11 @@ def render_view(mesh: ViewMesh, sampler: ViewSampler, rng: np.random.Generator,
             else:  # behind: part of the background
                 background = _render_distractor(other, pose, camera, sampler, rng, background,
                                                  1.15, 1.6).rgb
-    img = render_shaded(mesh.vertices, mesh.faces, pose, camera, material, lighting, background,
-                        vertex_normals=mesh.normals)
-    rgb_f, label = img.rgb, np.where(img.alpha >= 0.5, mesh.label, 0).astype(np.uint8)
+    factor = 1
+    if sampler.supersample > 0 and rng.uniform() < sampler.supersample:
+        factor = int(rng.integers(2, 4))
+    rgb_f, alpha = _render_object(mesh, pose, camera, material, lighting, background, factor)
+    label = np.where(alpha >= 0.5, mesh.label, 0).astype(np.uint8)
     full = int((label > 0).sum())
     for other in front:  # in front, kept only if at least half of the object stays visible
         shaded = _render_distractor(other, pose, camera, sampler, rng, rgb_f, 0.6, 0.85)
@@ -210,6 +209,26 @@ def render_view(mesh: ViewMesh, sampler: ViewSampler, rng: np.random.Generator,
         rgb_f = photometric(rng, rgb_f)
     rgb = np.clip(rgb_f * 255.0 + 0.5, 0, 255).astype(np.uint8)
     return rgb, label
+
+
+def _render_object(mesh: ViewMesh, pose, camera, material, lighting, background: np.ndarray,
+                   factor: int) -> tuple[np.ndarray, np.ndarray]:
+    """Return (rgb (H, W, 3) float32, coverage alpha (H, W)) of `mesh` over `background`
+    (H, W, 3), rendered at `factor` times the camera's size (the background upsampled) and
+    area-averaged back when `factor` > 1."""
+    from regtool.render.shading import render_shaded
+
+    if factor <= 1:
+        img = render_shaded(mesh.vertices, mesh.faces, pose, camera, material, lighting,
+                            background, vertex_normals=mesh.normals)
+        return img.rgb, img.alpha
+    from regtool.render.clutter import resize
+
+    h, w = camera.height, camera.width
+    big = camera.scaled(w * factor, h * factor)
+    img = render_shaded(mesh.vertices, mesh.faces, pose, big, material, lighting,
+                        resize(background, big.height, big.width), vertex_normals=mesh.normals)
+    return resize(img.rgb, h, w), resize(img.alpha[..., None], h, w)[..., 0]
 
 
 def _render_distractor(other: ViewMesh, pose, camera, sampler: ViewSampler,
