@@ -153,9 +153,10 @@ class UNetConfig:
                           "textured occluder over 5-40 % of the object")
     photometric: float = _f(0.3, 0.0, 1.0, unit="probability", doc="training views with "
                             "colour jitter, blur and sensor noise")
-    supersample: float = _f(0.3, 0.0, 1.0, unit="probability", doc="training views whose "
+    supersample: float = _f(0.0, 0.0, 1.0, unit="probability", doc="training views whose "
                             "object is rendered at 2-3x the size and area-averaged: the softer "
-                            "edges of a larger image brought to the network's scale")
+                            "edges of a larger image brought to the network's scale (off: "
+                            "docs/photos.md, session 10)")
     builtin_photos: bool = _f(True, doc="structured backgrounds include scikit-image's bundled "
                               "training photos (render.clutter.TRAIN_PHOTOS; the held-back ones "
                               "are never trained on)")
