@@ -124,7 +124,8 @@ class UNetConfig:
 
     base_channels: int = _f(8, 2, 256, doc="channels of the first U-Net level (doubling per "
                             "level)")
-    depth: int = _f(4, 1, 7, doc="U-Net levels (2x2 max-pools; 4 sees about 140 px around a pixel)")
+    depth: int = _f(4, 1, 7, doc="U-Net levels (2x2 max-pools; depth 4: a receptive field "
+                     "of about 200 px)")
     feature_channels: int = _f(16, 1, 1024, doc="channels of the feature layer register "
                                "compares in (the paper's network, gpu profile: 64)")
     image_width: int = _f(160, 16, 4096, unit="px", doc="training view width")
