@@ -110,3 +110,26 @@ def test_render_view_over_a_photo(dataset_dir, tmp_path):
                                        "--background", str(tmp_path / "nope.png")]),
                    "background file not found")
     assert not (tmp_path / "w.png").exists()
+
+
+def test_one_scene_at_every_size(dataset_dir):
+    """`scene_size`: the background drawn at 160x120 and upsampled to 640x480 is the scene;
+    the 160x120 and 320x240 views are that scene area-averaged (not the drawn grid), the
+    640x480 view is the scene itself, and every size sees the same pose."""
+    from regtool.data.dataset import load_category
+    from regtool.render.clutter import resize
+
+    mesh = load_category(dataset_dir, "bottle").test[0].mesh
+    views = {}
+    for w, h in ((160, 120), (320, 240), (640, 480)):
+        camera = CameraIntrinsics.from_fov(w, h, 40.0)
+        views[w] = observe_instance_shaded(instance_rng(0, "bottle", 0), mesh, 1.0, camera,
+                                           0.6, (160, 120), scene_size=(640, 480))
+    scene = views[640][2]
+    for w, h in ((160, 120), (320, 240)):
+        np.testing.assert_allclose(views[w][2], resize(scene, h, w), atol=1e-6)
+        np.testing.assert_array_equal(views[w][0].matrix(), views[640][0].matrix())
+    drawn = observe_instance_shaded(instance_rng(0, "bottle", 0), mesh, 1.0,
+                                    CameraIntrinsics.from_fov(160, 120, 40.0), 0.6,
+                                    (160, 120))[2]
+    assert np.abs(views[160][2] - drawn).max() > 0.01  # area-averaged, not the drawn grid
