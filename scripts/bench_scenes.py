@@ -66,16 +66,15 @@ def run_instance(args, category: str, index: int, cfg, space, unet, meta, device
     loss = FeatureLoss(unet, cfg.register.loss)
     canonical = _stats(test.eval_points, space.canonical_vertices)["mean"] * to_mm
     rows = []
-    for size in args.sizes.split(","):
-        w, h = (int(x) for x in size.split("x"))
+    sizes = [(int(w), int(h)) for w, h in (s.split("x") for s in args.sizes.split(","))]
+    largest = max(sizes, key=lambda wh: wh[0] * wh[1])
+    for w, h in sizes:
+        size = f"{w}x{h}"
         camera = CameraIntrinsics.from_fov(w, h, cfg.render.fov_y_deg)
         rng = instance_rng(args.seed, category, index)
         reference_seeds(rng)
-        base = tuple(int(x) for x in args.sizes.split(",")[0].split("x"))
-        largest = max((tuple(int(x) for x in s.split("x")) for s in args.sizes.split(",")),
-                      key=lambda wh: wh[0] * wh[1])
         pose, shaded, plain = observe_instance_shaded(rng, test.mesh, scale, camera,
-                                                      cfg.render.distance, base,
+                                                      cfg.render.distance, sizes[0],
                                                       scene_size=largest)
         noises = [pose_noise(rng, cfg.evaluate.pose_noise_xy, cfg.evaluate.pose_noise_deg)
                   for _ in range(args.noise_draws)]
