@@ -210,7 +210,7 @@ def read_pose(path: Path, units: str = "m") -> Pose:
 def check_pose_in_view(vertices: np.ndarray, camera: CameraIntrinsics, pose: Pose,
                        znear: float, source: str = "pose") -> None:
     """RegistrationError naming `source` unless `vertices` (V, 3), object frame, seen at `pose`
-    (object -> camera, the same units) all lie beyond the near plane `znear` (z > znear in the
+    (object -> camera), all in metres, lie beyond the near plane `znear` (z > znear in the
     camera frame) and the bounding box of their projection overlaps the image
     [0, width) x [0, height) (pixels). An object behind the camera, with the camera inside it,
     or entirely outside the image gives registration no gradient to follow."""

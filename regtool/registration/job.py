@@ -75,7 +75,7 @@ def register_job(out: Path, shapespace: Path, unet: Path, inputs: JobInputs, cfg
     (`pipeline.load_models`; None: load them). Each image is brought to the scale the U-Net was
     trained at (`pipeline.at_network_scale`), whatever its size.
     `start_code` (k,): latent code to start from (one descent, `optimise.register`);
-    `start_poses`: initial object -> camera poses (one per image, shape-space units) replacing
+    `start_poses`: initial object -> camera poses (one per image, metres) replacing
     the pose files. `correspondence`: the network of the learned backward
     (config.register.backward = "learned"). RegistrationError / ArtifactError / RenderError /
     OutputError for bad input,

@@ -82,13 +82,19 @@ def at_network_scale(image: np.ndarray, camera: CameraIntrinsics, pose: Pose, sp
     from regtool.registration.inputs import check_pose_in_view
     from regtool.registration.rescale import NetworkScale, network_view
     from regtool.render.diff import DiffRenderSettings
-    from regtool.units import UNITS_TO_METRES
 
     znear = DiffRenderSettings.from_config(config.render, image_type="rgb").znear
-    check_pose_in_view(space.canonical_vertices, camera, pose, znear, "initial pose")
+    vertices = canonical_in_metres(space)
+    check_pose_in_view(vertices, camera, pose, znear, "initial pose")
     scale = NetworkScale.from_meta(unet_meta, config.render.fov_y_deg, config.render.distance)
-    vertices = np.asarray(space.canonical_vertices) * UNITS_TO_METRES.get(space.units, 1.0)
     return network_view(image, camera, pose, vertices, scale, mask)
+
+
+def canonical_in_metres(space) -> np.ndarray:
+    """Return the shape space's canonical vertices (V, 3) in metres, the unit of every pose."""
+    from regtool.units import UNITS_TO_METRES
+
+    return np.asarray(space.canonical_vertices, np.float64) * UNITS_TO_METRES[space.units]
 
 
 def load_correspondence_for(space, path: Path, device: torch.device):
@@ -132,9 +138,10 @@ def run_registration(space, unet, observations: list[Observation], config: Confi
     regions = [None if o.region is None else
                torch.as_tensor(o.region, device=device)[None, None] for o in observations]
     settings = DiffRenderSettings.from_config(config.render)
+    canonical = canonical_in_metres(space)
     for i, o in enumerate(observations):
         where = "initial pose" + (f" of view {i + 1}" if len(observations) > 1 else "")
-        check_pose_in_view(space.canonical_vertices, o.camera, o.pose, settings.znear, where)
+        check_pose_in_view(canonical, o.camera, o.pose, settings.znear, where)
         check_render_size(o.camera.width, o.camera.height, max(1, reg.supersample))
     faces = torch.tensor(space.faces, dtype=torch.int64)
 

@@ -392,3 +392,46 @@ def test_train_unet_renders_a_mm_dataset_in_metres(imported, dataset_dir):
     for a, b in zip(train_mm + test_mm, train_m + test_m):
         np.testing.assert_allclose(a.vertices.min(0), b.vertices.min(0), atol=1e-7)
         np.testing.assert_allclose(a.vertices.max(0), b.vertices.max(0), atol=1e-7)
+
+
+@pytest.mark.gl
+def test_register_on_a_mm_dataset_takes_poses_in_metres(imported, dataset_dir, tiny_unet,
+                                                        tiny_config, tmp_path):
+    """Poses are in metres whatever the dataset's unit: `register` with the shape space of the
+    imported (mm) bottle accepts the true pose of an observation (before the fix it refused it,
+    reading the canonical's mm as metres: 'the camera is inside the object') and moves the shape
+    towards the instance."""
+    from regtool.config import ShapeSpaceConfig
+    from regtool.evaluation.metrics import point_to_mesh_vertex_distances
+    from regtool.geometry.camera import CameraIntrinsics, Pose
+    from regtool.shapespace.build import build_shapespace
+    from regtool.shapespace.space import ShapeSpace
+
+    out, _ = imported
+    config = ShapeSpaceConfig(template_points=400, target_points=400, max_iterations=40)
+    space, report = build_shapespace(out, "bottle", config, seed=0)
+    assert space.units == "mm"
+    space.save(tmp_path / "shapespace.npz", report)
+    cam = CameraIntrinsics.from_fov(128, 96, 40.0)
+    (tmp_path / "camera.json").write_text(json.dumps(cam.to_dict()))
+    (tmp_path / "pose.json").write_text(json.dumps(Pose.look_at(0.6, 30.0, 20.0).to_dict()))
+    result = runner.invoke(app, ["--seed", "2", "render-view", "--mesh",
+                                 str(dataset_dir / "bottle/test/bottle_test_00.ply"),
+                                 "--camera", str(tmp_path / "camera.json"),
+                                 "--pose", str(tmp_path / "pose.json"),
+                                 "--out", str(tmp_path / "obs.png")])
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(app, [
+        "register", "--shapespace", str(tmp_path / "shapespace.npz"), "--unet",
+        str(tiny_unet[0]), "--image", str(tmp_path / "obs.png"), "--camera",
+        str(tmp_path / "camera.json"), "--pose", str(tmp_path / "pose.json"),
+        "--out", str(tmp_path / "reg"), "--iterations", "10", "--config", str(tiny_config)])
+    assert result.exit_code == 0, result.output
+    record = json.loads((tmp_path / "reg" / "result.json").read_text())
+    assert record["units"] == "mm"
+    # The imported space is recentred on the canonical's box centre, as the original (to 2 nm).
+    points = load_points(dataset_dir / "bottle/test/bottle_test_00_points.ply") * 1000.0
+    deformed = ShapeSpace.load(tmp_path / "shapespace.npz").deform_numpy(record["z"])
+    before = point_to_mesh_vertex_distances(points, space.canonical_vertices).mean()
+    after = point_to_mesh_vertex_distances(points, deformed).mean()
+    assert after < 0.8 * before, (before, after)
