@@ -449,7 +449,7 @@ def test_pool_workers_die_with_a_killed_parent(tmp_path):
 
 @pytest.fixture(scope="module")
 def small_artifacts(tmp_path_factory, repo_root):
-    """A small bottle dataset (3 train, 2 test), its shape space, a U-Net trained 2 steps, an
+    """A small bottle dataset (3 train, 2 test), its shape space, a U-Net trained 60 steps, an
     observation (PNG, camera and pose JSON) and a config (canonical start, GIF on): built once for
     the module."""
     from regtool.config import MakeDatasetConfig, config_to_dict, load_config
@@ -465,8 +465,10 @@ def small_artifacts(tmp_path_factory, repo_root):
     cfg = replace(cfg,
                   shapespace=replace(cfg.shapespace, template_points=200, target_points=200,
                                      max_iterations=10),
-                  unet=replace(cfg.unet, steps=2, batch_size=2, val_views=2, val_every=2,
-                               checkpoint_every=2),
+                  # The registration tests' network (conftest.py there): at depth 4 or after a
+                  # few steps it finds no bottle in obs.png, and register stops at once.
+                  unet=replace(cfg.unet, depth=3, steps=60, val_views=8, val_every=60,
+                               checkpoint_every=60),
                   register=replace(cfg.register, iterations=2, gif=True, start="canonical"))
     space, report = build_shapespace(d / "ds", "bottle", cfg.shapespace, seed=0)
     space.save(d / "ss.npz", report)
