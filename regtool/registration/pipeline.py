@@ -94,7 +94,7 @@ def canonical_in_metres(space) -> np.ndarray:
     """Return the shape space's canonical vertices (V, 3) in metres, the unit of every pose."""
     from regtool.units import UNITS_TO_METRES
 
-    return np.asarray(space.canonical_vertices, np.float64) * UNITS_TO_METRES[space.units]
+    return np.asarray(space.canonical_vertices, np.float64) * UNITS_TO_METRES.get(space.units, 1.0)
 
 
 def load_correspondence_for(space, path: Path, device: torch.device):
