@@ -118,8 +118,9 @@ def render_shaded(vertices: np.ndarray, faces: np.ndarray, pose: Pose, camera: C
         bg = background.astype(np.float32)
     else:
         bg = np.broadcast_to(np.asarray(background, np.float32), rgba[..., :3].shape)
-    # pyrender's RGBA output is not premultiplied: blend with the coverage alpha.
-    rgb = rgba[..., :3] * alpha[..., None] + bg * (1.0 - alpha[..., None])
+    # pyrender's RGBA output is premultiplied: its multisample resolve averages the covered
+    # samples' colours with the transparent clear colour, so an edge pixel holds alpha * colour.
+    rgb = rgba[..., :3] + bg * (1.0 - alpha[..., None])
     depth = depth.astype(np.float32)
     return ShadedImage(rgb=np.clip(rgb, 0.0, 1.0), depth=depth, mask=alpha >= 0.5, alpha=alpha)
 

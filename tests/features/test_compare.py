@@ -26,21 +26,20 @@ def test_normalise_and_aggregate():
     assert a.shape == (2, 7, 9) and a.abs().max() <= 1.0
 
 
-@pytest.fixture(scope="module")
-def scene(dataset_dir):
+def make_scene(dataset_dir, width: int = W, height: int = H) -> dict:
     """Observed: test mesh A (red, on a gradient background); candidates rendered grey on black
     like a renderer would: A at the true pose, the most different training mesh B at the true
-    pose, A shifted 3 cm sideways."""
+    pose, A shifted 3 cm sideways; (1, 3, height, width) tensors and their masks."""
     from regtool.data.dataset import load_category
     from regtool.geometry.camera import CameraIntrinsics, Pose
     from regtool.render.shading import Material, render_shaded
 
     data = load_category(dataset_dir, "bottle")
-    cam = CameraIntrinsics.from_fov(W, H, 40.0)
+    cam = CameraIntrinsics.from_fov(width, height, 40.0)
     pose = Pose.look_at(0.6, azimuth_deg=30.0, elevation_deg=15.0)
     a = data.test[0].mesh
-    yy, xx = np.mgrid[0:H, 0:W]
-    bg = np.stack([0.2 + 0.6 * xx / W, 0.7 - 0.4 * yy / H, 0.3 + 0 * xx], -1)
+    yy, xx = np.mgrid[0:height, 0:width]
+    bg = np.stack([0.2 + 0.6 * xx / width, 0.7 - 0.4 * yy / height, 0.3 + 0 * xx], -1)
     observed = render_shaded(a.vertices, a.faces, pose, cam, Material((0.8, 0.25, 0.2)),
                              background=bg)
 
@@ -60,6 +59,11 @@ def scene(dataset_dir):
     return {"observed": t(observed), "correct": t(correct), "wrong": t(candidates[wrong_name]),
             "shifted": t(shifted), "wrong_iou": iou[wrong_name], "mask": correct.mask,
             "shifted_mask": shifted.mask, "observed_mask": observed.mask}
+
+
+@pytest.fixture(scope="module")
+def scene(dataset_dir):
+    return make_scene(dataset_dir)
 
 
 @pytest.fixture(scope="module")
@@ -109,20 +113,44 @@ def test_segment_observed(scene, unet):
     assert (seg & truth).sum() / (seg | truth).sum() > 0.8
 
 
-def test_gradient_on_object_border(scene, unet):
-    loss = FeatureLoss(unet, "features")
+def image_gradient(scene: dict, unet) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Return (|d loss / d rendered image| summed over the channels (H, W), the shifted
+    rendering's border (2 px either side), the pixels more than 15 px from both objects) of the
+    `features` comparison over the whole image, the shifted rendering against the observation."""
     rendered = scene["shifted"].clone().requires_grad_(True)
-    value = loss(rendered, scene["observed"])
-    value.backward()
+    FeatureLoss(unet, "features")(rendered, scene["observed"]).backward()
     g = rendered.grad[0].abs().sum(0).numpy()
-    assert np.isfinite(g).all()
     mask = scene["shifted_mask"]
     border = ndimage.binary_dilation(mask, iterations=2) & ~ndimage.binary_erosion(mask,
                                                                                    iterations=2)
     far = ~ndimage.binary_dilation(mask | scene["observed_mask"], iterations=15)
+    return g, border, far
+
+
+def test_gradient_reaches_the_object_border(scene, unet):
+    g, border, _ = image_gradient(scene, unet)
+    assert np.isfinite(g).all()
     assert (g[border] > 0).mean() > 0.9
-    # Min-max normalisation over the whole image and the U-Net's receptive field spread some
-    # gradient everywhere; it is largest on the border (measured: ~2.4x the far background).
+
+
+@pytest.mark.slow
+def test_gradient_is_largest_on_the_object_border(dataset_dir, repo_root, tmp_path):
+    """Over the whole image the grey-on-black rendering and the observation on its coloured
+    background differ everywhere; the gradient concentrates on the border only where the
+    network maps both backgrounds alike. The fixture's tiny U-Net (400 steps, 128x96) does not
+    reliably: border / far 0.48, 1.70, 2.46 for seeds 3-5, and 1.23, 0.40, 0.10 at 800 steps
+    (one torch thread; once outlines were composited by coverage, session 12). The quick
+    profile's network: 7-19x (three seeds); the default profile's: 3.8-4.0x."""
+    from regtool.config import load_config
+    from regtool.features.train import train_unet
+    from regtool.features.unet import load_unet
+
+    cfg = load_config(repo_root / "configs" / "quick.toml")
+    train_unet(dataset_dir, "bottle", cfg.unet, cfg.render, tmp_path / "unet.pt", seed=0)
+    unet = load_unet(tmp_path / "unet.pt", "cpu")[0]
+    g, border, far = image_gradient(make_scene(dataset_dir, cfg.unet.image_width,
+                                               cfg.unet.image_height), unet)
+    assert np.isfinite(g).all() and (g[border] > 0).mean() > 0.9
     assert g[border].mean() > g[far].mean(), (g[border].mean(), g[far].mean())
 
 
