@@ -4,6 +4,7 @@ outline pixel blends object and background by its coverage."""
 from __future__ import annotations
 
 import numpy as np
+import trimesh
 
 from regtool.geometry.camera import CameraIntrinsics, Pose
 from regtool.render.shading import Light, Lighting, Material, render_shaded
@@ -44,13 +45,12 @@ def test_outline_pixels_blend_object_and_background_by_coverage():
     alpha, an outline pixel at coverage a showed a^2 of the object (a dark halo around every
     object in every training view and observation; 1/16 instead of 1/4 at a = 0.25)."""
     camera = CameraIntrinsics.from_fov(160, 120, 45.0)
-    box = np.array([[x, y, z] for x in (-0.05, 0.05) for y in (-0.05, 0.05) for z in (-0.05, 0.05)])
-    faces = np.array([[0, 1, 3], [0, 3, 2], [4, 6, 7], [4, 7, 5], [0, 4, 5], [0, 5, 1],
-                      [2, 3, 7], [2, 7, 6], [0, 2, 6], [0, 6, 4], [1, 5, 7], [1, 7, 3]])
+    box = trimesh.creation.box((0.1, 0.1, 0.1))
     pose = Pose(np.eye(3), np.array([0.013, 0.007, 0.5]))  # edges off the pixel grid
     flat = Lighting(ambient=1.0, lights=())
     for background in (0.0, 1.0):
-        img = render_shaded(box, faces, pose, camera, Material((0.8, 0.8, 0.8), 0.0, 1.0), flat,
+        img = render_shaded(box.vertices, box.faces, pose, camera,
+                            Material((0.8, 0.8, 0.8), 0.0, 1.0), flat,
                             background=(background,) * 3, smooth=False)
         colour = img.rgb[img.alpha == 1.0].mean(0)
         assert np.ptp(img.rgb[img.alpha == 1.0], axis=0).max() < 1e-6  # one flat colour
