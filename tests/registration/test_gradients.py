@@ -92,6 +92,9 @@ def test_latent_gradient_matches_central_differences(setup, kind, min_cosine, ra
     ratio = np.linalg.norm(analytic) / np.linalg.norm(numeric)
     # Measured (session 14, the tiny U-Net of tests/conftest.py): features+mask cosine 1.000,
     # ratio 1.00; features cosine 0.967, ratio 0.84 (the min and max of the normalisation are
-    # constants in the backward, so part of the change is not seen).
+    # constants in the backward, so part of the change is not seen). The features ratio depends
+    # on the network: 1.98 / 1.10 / 0.70 with `--seed 0/1/2`, 0.39 / 0.48 after 600 steps
+    # (seeds 3 / 0); with the min and max held fixed in the loss too it is 1.08 / 0.97 (seeds
+    # 0 / 2). features+mask passed with each of them (ratio 0.90-1.04 for seeds 0-2).
     assert cosine > min_cosine, (cosine, analytic, numeric)
     assert ratio_range[0] < ratio < ratio_range[1], (ratio, analytic, numeric)
