@@ -214,7 +214,9 @@ class RegisterConfig:
     pose_warmup: int = _f(10, 0, 100_000, unit="iterations",
                           doc="joint mode: pose-only iterations before the joint ones")
     pose_search_deg: float = _f(10.0, 0.0, 90.0, unit="deg", doc="joint mode: step of the "
-                                "coarse rotation grid tried before the warm-up; 0: none")
+                                "coarse rotation grid tried before the warm-up; 0: none, "
+                                "which measures better for starts within about 15 deg "
+                                "(docs/correspondence.md, session 17)")
     latent_bound: float = _f(3.0, 0.1, 100.0, unit="latent std",
                              doc="|z_j| / sqrt(explained variance_j) at most")
     plateau_patience: int = _f(15, 1, 100_000, unit="iterations",
