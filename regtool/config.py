@@ -295,6 +295,15 @@ class RegisterConfig:
     field_refine: bool = _f(True, doc="learned backward: after the field stage, the analytic "
                             "joint descent (pose and code, without centring and rotation grid); "
                             "false: the known-pose descent of the code (docs/correspondence.md)")
+    candidates: tuple[str, ...] = _f((), choices=("grid", "no-grid", "learned"),
+                                     doc="joint mode: instead of the one registration "
+                                     "configured, one per named variant from the same start, "
+                                     "keeping the lowest final loss: grid (analytic backward, "
+                                     "rotation grid of pose_search_deg, 10 if that is 0), "
+                                     "no-grid (analytic, no grid), learned (the learned "
+                                     "backward; needs --correspondence). All three: 25 % less "
+                                     "rotation error than the default at 2.5x its time "
+                                     "(docs/correspondence.md, session 19); empty: off")
 
 
 @dataclass(frozen=True)

@@ -422,8 +422,8 @@ def _rgb_stats(scene: _Scene, starts: list[Pose], joint: bool,
     cfg = scene.config
     obs = [make_observation(im, scene.camera, p, scene.feature_loss, cfg.register.mask_dilation)
            for im, p in zip(scene.images[:len(starts)], starts)]
-    run_cfg = replace(cfg, register=replace(cfg.register, backward="learned")) \
-        if learned else cfg
+    run_cfg = replace(cfg, register=replace(cfg.register, backward="learned", candidates=())) \
+        if learned else cfg  # the learned column: the learned backward alone
     result = run_registration(scene.space, scene.unet, obs, run_cfg, scene.device, joint=joint,
                               correspondence=scene.correspondence)
     stats = _stats(scene.points, result.vertices)

@@ -56,9 +56,10 @@ def per_view(values: Sequence[Path], n: int, what: str) -> list[Path]:
 def registration_steps(reg: RegisterConfig) -> int:
     """Return the number of loss evaluations `register` reports through its callback at most
     (the length of a progress bar): iterations + 1 (+ the pose warm-up in joint mode) per
-    descent, two descents with `start = "search"`."""
+    descent, two descents with `start = "search"`, once per `candidates` entry in joint mode."""
     steps = reg.iterations + 1 + (reg.pose_warmup if reg.joint else 0)
-    return steps * (2 if reg.start == "search" else 1)
+    runs = len(set(reg.candidates)) if reg.joint and reg.candidates else 1
+    return steps * (2 if reg.start == "search" else 1) * runs
 
 
 def register_job(out: Path, shapespace: Path, unet: Path, inputs: JobInputs, cfg: Config,

@@ -133,6 +133,9 @@ def run_registration(space, unet, observations: list[Observation], config: Confi
     from regtool.render.diff import DiffRenderSettings, diff_render_supersampled
 
     reg = config.register if joint is None else replace(config.register, joint=joint)
+    if reg.joint and reg.candidates:
+        return _best_candidate(space, unet, observations, replace(config, register=reg), device,
+                               callback, callbacks, start_code, correspondence)
     loss = FeatureLoss(unet, reg.loss, reg.weighting, reg.mask_dilation)
     observed = [image_tensor(o.image, device) for o in observations]
     regions = [None if o.region is None else
@@ -180,6 +183,50 @@ def run_registration(space, unet, observations: list[Observation], config: Confi
     return result
 
 
+def candidate_settings(name: str, reg) -> dict:
+    """Return the `RegisterConfig` overrides of the joint-registration variant `name` of
+    `register.candidates` ("grid", "no-grid" or "learned")."""
+    if name == "grid":
+        return {"backward": "analytic", "pose_search_deg": reg.pose_search_deg or 10.0}
+    if name == "no-grid":
+        return {"backward": "analytic", "pose_search_deg": 0.0}
+    if name == "learned":
+        return {"backward": "learned"}
+    raise RegistrationError(f"unknown registration candidate '{name}' "
+                            f"(use grid, no-grid or learned)")
+
+
+def _best_candidate(space, unet, observations: list[Observation], config: Config,
+                    device: torch.device, callback, callbacks: Sequence[Callback],
+                    start_code: np.ndarray | None, correspondence) -> RegistrationResult:
+    """Return the joint registration with the lowest final loss among `config.register
+    .candidates`, each run from the same start by `run_registration`; its `descents` list every
+    candidate's descents (each with "candidate": the name; "kept" only in the chosen one's),
+    its timings the chosen one's plus "total" (all candidates) and "candidate_<name>"
+    (seconds each)."""
+    reg = config.register
+    if "learned" in reg.candidates and correspondence is None:
+        raise RegistrationError("register.candidates names 'learned', which needs a "
+                                "correspondence network (--correspondence, from "
+                                "train-correspondence)")
+    results = []
+    for name in dict.fromkeys(reg.candidates):  # each name once, in the given order
+        settings = replace(reg, candidates=(), **candidate_settings(name, reg))
+        results.append((name, run_registration(space, unet, observations,
+                                               replace(config, register=settings), device,
+                                               joint=True, callback=callback,
+                                               callbacks=callbacks, start_code=start_code,
+                                               correspondence=correspondence)))
+    best = min((r for _, r in results), key=lambda r: r.best_loss)
+    best.descents = [{**d, "candidate": name,
+                      "kept": r is best and bool(d.get("kept", "descent" in d))}
+                     for name, r in results for d in r.descents]
+    best.timings = {**best.timings,
+                    **{f"candidate_{name}": r.timings["total"] for name, r in results},
+                    "total": sum(r.timings["total"] for _, r in results)}
+    return best
+
+
 _STOP_REASONS = {"iterations": "at the iteration limit", "plateau": "on a plateau",
                  "diverged": "diverged", "field below stop_px": "with the field below "
                  "register.field_stop_px", "no valid field": "without a valid field"}
@@ -193,7 +240,9 @@ def summary_line(result: RegistrationResult) -> str:
     for d in result.descents:
         kept = ", kept" if d.get("kept") and len(result.descents) > 1 else ""
         warmup = f" incl. {d['pose_warmup']} pose warm-up" if d["pose_warmup"] else ""
-        parts.append(f"from the {d['start']}: {len(d['losses'])} evaluations{warmup}, stopped "
+        which = f"{d['candidate']}, " if "candidate" in d else ""
+        parts.append(f"{which}from the {d['start']}: {len(d['losses'])} evaluations{warmup}, "
+                     f"stopped "
                      f"{_STOP_REASONS.get(d['stop_reason'], d['stop_reason'])}{kept}")
     return (f"loss {result.initial_loss:.5f} -> {result.best_loss:.5f} "
             f"({'; '.join(parts)}; {result.timings['total']:.1f} s)")

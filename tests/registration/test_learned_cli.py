@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 from clitools import config_toml, one_line_error
 from typer.testing import CliRunner
@@ -135,6 +136,59 @@ def test_register_learned_backward_bad_inputs(bottle_artifacts, observation, tin
                              "--backward", "learned", "--correspondence",
                              str(tmp_path / "missing.pt")), "not found")
     for name in ("a", "b", "c"):
+        assert not (tmp_path / name).exists()
+
+
+def test_register_keeps_the_candidate_with_the_lowest_loss(bottle_artifacts, observation,
+                                                          tiny_corr, quick_config, tmp_path):
+    """register.candidates: one joint registration per named variant from the same start;
+    result.json lists every candidate's descents and keeps the one whose loss is lowest."""
+    from dataclasses import replace
+
+    names = ("grid", "no-grid", "learned")
+    config = replace(quick_config, register=replace(quick_config.register, candidates=names))
+    (tmp_path / "c.toml").write_text(config_toml(config))
+    out = tmp_path / "reg"
+    result = runner.invoke(app, [
+        "register", "--shapespace", str(bottle_artifacts["shapespace"]), "--unet",
+        str(bottle_artifacts["unet"]), "--image", str(observation / "obs.png"), "--camera",
+        str(observation / "camera.json"), "--pose", str(observation / "pose.json"), "--out",
+        str(out), "--config", str(tmp_path / "c.toml"), "--joint", "--correspondence",
+        str(tiny_corr[0])])
+    assert result.exit_code == 0, result.output
+    record = json.loads((out / "result.json").read_text())
+    best: dict[str, float] = {}
+    for d in record["descents"]:
+        if "descent" in d:  # image-loss descents (the field stage's losses are pixels)
+            best[d["candidate"]] = min(best.get(d["candidate"], np.inf), min(d["losses"]))
+    assert sorted(best) == sorted(names)
+    kept = {d["candidate"] for d in record["descents"] if d["kept"]}
+    assert kept == {min(best, key=best.get)}
+    assert min(record["losses"]) == pytest.approx(min(best.values()))
+    assert record["descents"][[d["candidate"] for d in record["descents"]].index("learned")][
+        "start"] == "field stage"
+    timings = record["timings"]
+    assert timings["total"] == pytest.approx(sum(timings[f"candidate_{n}"] for n in names))
+    assert all(f"{n}, from the" in result.output for n in names)
+
+
+def test_register_candidates_bad_inputs(bottle_artifacts, observation, quick_config,
+                                        tmp_path):
+    from dataclasses import replace
+
+    for name, candidates, needle in (("a", ("grid", "learned"), "--correspondence"),
+                                     ("b", ("grid", "magic"), "register.candidates")):
+        text = config_toml(replace(quick_config, register=replace(quick_config.register,
+                                                                  candidates=("grid",))))
+        text = text.replace('candidates = ["grid"]',
+                            "candidates = [" + ", ".join(f'"{c}"' for c in candidates) + "]")
+        (tmp_path / f"{name}.toml").write_text(text)
+        one_line_error(runner.invoke(app, [
+            "register", "--shapespace", str(bottle_artifacts["shapespace"]), "--unet",
+            str(bottle_artifacts["unet"]), "--image", str(observation / "obs.png"),
+            "--camera", str(observation / "camera.json"), "--pose",
+            str(observation / "pose.json"), "--out", str(tmp_path / name), "--config",
+            str(tmp_path / f"{name}.toml"), "--joint"]), needle)
         assert not (tmp_path / name).exists()
 
 
