@@ -301,8 +301,8 @@ class RegisterConfig:
                                      "keeping the lowest final loss: grid (analytic backward, "
                                      "rotation grid of pose_search_deg, 10 if that is 0), "
                                      "no-grid (analytic, no grid), learned (the learned "
-                                     "backward; needs --correspondence). All three: 25 % less "
-                                     "rotation error than the default at 2.5x its time "
+                                     "backward; needs --correspondence). All three: 18-29 % less "
+                                     "rotation error than the default at about 2x its time "
                                      "(docs/correspondence.md, session 19); empty: off")
 
 
