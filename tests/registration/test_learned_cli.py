@@ -103,12 +103,12 @@ def observation(dataset_dir, quick_config, tmp_path_factory):
     return d
 
 
-def _register(art, obs, out, *extra):
+def _register(art, obs, out, *extra, config=None):
     return runner.invoke(app, [
         "register", "--shapespace", str(art["shapespace"]), "--unet", str(art["unet"]),
         "--image", str(obs / "obs.png"), "--camera", str(obs / "camera.json"), "--pose",
-        str(obs / "pose.json"), "--out", str(out), "--config", str(obs / "config.toml"),
-        *extra])
+        str(obs / "pose.json"), "--out", str(out), "--config",
+        str(config or obs / "config.toml"), *extra])
 
 
 def test_register_learned_backward(bottle_artifacts, observation, tiny_corr, tmp_path):
@@ -149,12 +149,8 @@ def test_register_keeps_the_candidate_with_the_lowest_loss(bottle_artifacts, obs
     config = replace(quick_config, register=replace(quick_config.register, candidates=names))
     (tmp_path / "c.toml").write_text(config_toml(config))
     out = tmp_path / "reg"
-    result = runner.invoke(app, [
-        "register", "--shapespace", str(bottle_artifacts["shapespace"]), "--unet",
-        str(bottle_artifacts["unet"]), "--image", str(observation / "obs.png"), "--camera",
-        str(observation / "camera.json"), "--pose", str(observation / "pose.json"), "--out",
-        str(out), "--config", str(tmp_path / "c.toml"), "--joint", "--correspondence",
-        str(tiny_corr[0])])
+    result = _register(bottle_artifacts, observation, out, "--joint", "--correspondence",
+                       str(tiny_corr[0]), config=tmp_path / "c.toml")
     assert result.exit_code == 0, result.output
     record = json.loads((out / "result.json").read_text())
     best: dict[str, float] = {}
@@ -184,12 +180,8 @@ def test_register_candidates_bad_inputs(bottle_artifacts, observation, quick_con
         text = text.replace('candidates = ["grid"]',
                             "candidates = [" + ", ".join(f'"{c}"' for c in candidates) + "]")
         (tmp_path / f"{name}.toml").write_text(text)
-        one_line_error(runner.invoke(app, [
-            "register", "--shapespace", str(bottle_artifacts["shapespace"]), "--unet",
-            str(bottle_artifacts["unet"]), "--image", str(observation / "obs.png"),
-            "--camera", str(observation / "camera.json"), "--pose",
-            str(observation / "pose.json"), "--out", str(tmp_path / name), "--config",
-            str(tmp_path / f"{name}.toml"), "--joint"]), needle)
+        one_line_error(_register(bottle_artifacts, observation, tmp_path / name, "--joint",
+                                 config=tmp_path / f"{name}.toml"), needle)
         assert not (tmp_path / name).exists()
 
 
